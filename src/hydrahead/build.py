@@ -1,0 +1,88 @@
+"""One function from a backbone name and a head spec to a ready model and its tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .backbones import (
+    EMBEDDED_ID,
+    is_tiny,
+    load_backbone_config,
+    load_backbone_weights,
+    load_tokenizer,
+)
+
+
+def label_maps(labels: int | Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
+    """``id2label`` and ``label2id`` from label names or a label count."""
+    if isinstance(labels, int):
+        if labels < 1:
+            raise ValueError(f"num_labels={labels} must be >= 1")
+        names = [f"LABEL_{i}" for i in range(labels)]
+    else:
+        names = [str(name) for name in labels]
+        if not names:
+            raise ValueError("labels is empty: a classifier needs at least one label")
+        if len(set(names)) != len(names):
+            raise ValueError(f"labels has duplicates: {names}")
+    return dict(enumerate(names)), {name: i for i, name in enumerate(names)}
+
+
+def build_model(
+    name_or_path: str = EMBEDDED_ID,
+    *,
+    labels: int | Sequence[str] = 2,
+    head: dict | None = None,
+    task: str = "multiclass",
+    level: str = "sequence",
+    freeze: bool | int = False,
+    pretrained: bool = True,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+    resize_token_embeddings: int | None = None,
+    seed: int = 0,
+):
+    """Build a :class:`HydraHeadModel` and the backbone's tokenizer.
+
+    Config and head spec are checked before any weights load. The backbone is truncated above
+    the highest layer the head reads, so those layers are neither loaded nor computed.
+    ``pretrained=False`` (and every ``tiny:`` backbone) gives random weights, seeded by ``seed``.
+    """
+    import torch
+
+    from .modeling import HydraHeadConfig, HydraHeadModel
+
+    tokenizer = load_tokenizer(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    backbone_config = load_backbone_config(
+        name_or_path, tokenizer=tokenizer, revision=revision, trust_remote_code=trust_remote_code
+    )
+    id2label, label2id = label_maps(labels)
+    config = HydraHeadConfig(
+        backbone_config=backbone_config,
+        head=head,
+        task=task,
+        level=level,
+        freeze=freeze,
+        id2label=id2label,
+        label2id=label2id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        backbone = None
+        if pretrained and not is_tiny(name_or_path):
+            backbone = load_backbone_weights(
+                name_or_path,
+                config.backbone_config,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+            )
+        elif attn_implementation:
+            config.backbone_config._attn_implementation = attn_implementation
+        model = HydraHeadModel(config, backbone=backbone)
+    if resize_token_embeddings:
+        model.resize_token_embeddings(resize_token_embeddings)
+    return model, tokenizer

@@ -1,0 +1,322 @@
+"""HydraHead: one composable classification head over any Hugging Face encoder.
+
+backbone -> layer selection (one / concat / scalar mix) -> representation (per token,
+pooled, or gathered at ``mask_indices``) -> dropout + MLP -> Linear -> loss.
+
+Self-contained (imports only torch and transformers): an exported folder holds this file and
+``configuration_hydrahead.py`` and loads with ``trust_remote_code=True`` without hydrahead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+
+from .configuration_hydrahead import HydraHeadConfig
+
+IGNORE_INDEX = -100
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+class ScalarMix(nn.Module):
+    """ELMo-style mix of layers: ``gamma * sum_k softmax(w)_k * h_k``."""
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_layers))
+        self.gamma = nn.Parameter(torch.ones(1))
+
+    def forward(self, layers: list[torch.Tensor]) -> torch.Tensor:
+        weights = torch.softmax(self.weights, dim=0).to(layers[0].dtype)
+        mixed = weights[0] * layers[0]
+        for weight, layer in zip(weights[1:], layers[1:]):
+            mixed = mixed + weight * layer
+        return self.gamma.to(mixed.dtype) * mixed
+
+
+class ClassifierHead(nn.Module):
+    """Dropout, then ``Linear -> activation -> dropout`` per hidden width, then a Linear."""
+
+    def __init__(self, in_features: int, hidden_layers, num_labels: int, dropout: float, activation: str):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        blocks, width = [], in_features
+        for size in hidden_layers:
+            blocks += [nn.Linear(width, size), _ACTIVATIONS[activation](), nn.Dropout(dropout)]
+            width = size
+        self.mlp = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(width, num_labels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.mlp(self.dropout(features)))
+
+
+def find_layer_list(backbone: nn.Module) -> nn.ModuleList | None:
+    """The encoder's stack of transformer blocks (``encoder.layer``, ``transformer.layer``, ...)."""
+    best = None
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layer", "layers"):
+            if best is None or len(module) > len(best):
+                best = module
+    return best
+
+
+class HydraHeadPreTrainedModel(PreTrainedModel):
+    config_class = HydraHeadConfig
+    base_model_prefix = "backbone"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        if isinstance(module, ScalarMix):
+            module.weights.zero_()
+            module.gamma.fill_(1.0)
+        elif isinstance(module, nn.Linear):
+            std = getattr(self.config.backbone_config, "initializer_range", 0.02)
+            module.weight.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.zero_()
+
+
+class HydraHeadModel(HydraHeadPreTrainedModel):
+    """An encoder with one composable classification head.
+
+    ``forward`` returns ``SequenceClassifierOutput`` at sequence level and
+    ``TokenClassifierOutput`` at token and positions level (logits ``[B, M, L]``).
+    """
+
+    _auto_class = "AutoModel"
+
+    def __init__(self, config: HydraHeadConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if config.backbone_config is None:
+            raise ValueError("HydraHeadConfig.backbone_config is required to build a model")
+        if backbone is None:
+            backbone = AutoModel.from_config(config.backbone_config)
+        else:
+            # Pretrained weights: keep them out of post_init's weight initialisation.
+            for module in backbone.modules():
+                module._is_hf_initialized = True
+        self.backbone = backbone
+        # from_config may copy the config; keep one object so resize etc. stay in sync.
+        config.backbone_config = backbone.config
+        head = config.head
+        self.layer_indices = config.layers
+        hidden = config.backbone_config.hidden_size
+        if head["pooling"] == "pooler" and config.level == "sequence":
+            if getattr(backbone, "pooler", None) is None:
+                raise ValueError(
+                    f"head.pooling='pooler' but {type(backbone).__name__} has no pooler; "
+                    "use cls, mean or max"
+                )
+        if len(self.layer_indices) > 1 and head["combine"] == "scalar_mix":
+            self.mix = ScalarMix(len(self.layer_indices))
+            in_features = hidden
+        else:
+            self.mix = None
+            in_features = hidden * len(self.layer_indices)
+        self.head = ClassifierHead(
+            in_features, head["hidden_layers"], config.num_labels, head["dropout"], head["activation"]
+        )
+        self.post_init()
+        self.freeze_backbone(config.freeze)
+
+    # -- backbone -----------------------------------------------------------------------------
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.backbone.set_input_embeddings(value)
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        embeddings = self.backbone.resize_token_embeddings(*args, **kwargs)
+        self.config.backbone_config = self.backbone.config
+        return embeddings
+
+    def _frozen_modules(self, freeze: bool | int) -> list[nn.Module]:
+        if freeze is True:
+            return [self.backbone]
+        if freeze is False:
+            return []
+        # Partial: every embedding module (word/position embeddings, ELECTRA's projection,
+        # DeBERTa's relative embeddings) plus the bottom N blocks.
+        embeddings = [m for name, m in self.backbone.named_modules() if "embed" in name.split(".")[-1]]
+        return embeddings + list((find_layer_list(self.backbone) or [])[:freeze])
+
+    def freeze_backbone(self, freeze: bool | int = True) -> None:
+        """Freeze the whole backbone (True), its embeddings plus bottom N layers (N), or nothing."""
+        self.config.freeze = freeze
+        self._frozen = self._frozen_modules(freeze)
+        for param in self.backbone.parameters():
+            param.requires_grad = True
+        for module in self._frozen:
+            for param in module.parameters():
+                param.requires_grad = False
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # Frozen parts never get dropout noise: a frozen run is deterministic features + head.
+        for module in getattr(self, "_frozen", ()):
+            module.eval()
+        return self
+
+    # -- forward ------------------------------------------------------------------------------
+    def select_layers(self, hidden_states) -> torch.Tensor:
+        """The head's input per token, [B, T, H'], from the backbone's ``hidden_states`` tuple."""
+        chosen = [hidden_states[i] for i in self.layer_indices]
+        if self.mix is not None:
+            return self.mix(chosen)
+        return chosen[0] if len(chosen) == 1 else torch.cat(chosen, dim=-1)
+
+    def represent(self, tokens: torch.Tensor, attention_mask, mask_indices) -> torch.Tensor:
+        """Per token [B, T, H], pooled [B, H], or gathered at ``mask_indices`` [B, M, H]."""
+        level = self.config.level
+        if level == "token":
+            return tokens
+        if level == "positions":
+            batch = torch.arange(tokens.size(0), device=tokens.device).unsqueeze(1)
+            return tokens[batch, mask_indices]
+        pooling = self.config.head["pooling"]
+        if pooling == "cls":
+            return tokens[:, 0]
+        if pooling == "pooler":
+            return self.backbone.pooler(tokens)
+        if attention_mask is None:
+            attention_mask = torch.ones(tokens.shape[:2], device=tokens.device)
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        if pooling == "mean":
+            return (tokens * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return tokens.masked_fill(mask == 0, torch.finfo(tokens.dtype).min).max(dim=1).values
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        mask_indices: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference is None:
+            raise ValueError("forward needs input_ids (or inputs_embeds)")
+        seq_len = reference.shape[1]
+        self._check_mask_indices(mask_indices, reference.shape[0], seq_len)
+        backbone_inputs = {"attention_mask": attention_mask, "output_hidden_states": True, "return_dict": True}
+        if input_ids is not None:
+            backbone_inputs["input_ids"] = input_ids
+        else:
+            backbone_inputs["inputs_embeds"] = inputs_embeds
+        if token_type_ids is not None:
+            backbone_inputs["token_type_ids"] = token_type_ids
+        if position_ids is not None:
+            backbone_inputs["position_ids"] = position_ids
+        outputs = self.backbone(**backbone_inputs, **kwargs)
+        tokens = self.select_layers(outputs.hidden_states)
+        logits = self.head(self.represent(tokens, attention_mask, mask_indices))
+        loss = None
+        if labels is not None:
+            labels = self._check_labels(labels, logits)
+            loss = self.loss(logits, labels)
+        output_class = SequenceClassifierOutput if self.config.level == "sequence" else TokenClassifierOutput
+        return output_class(loss=loss, logits=logits)
+
+    # -- loss, probabilities, checks ---------------------------------------------------------
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the labels that are not -100 (0 when every label is ignored)."""
+        return compute_loss(logits, labels, self.config.task)
+
+    def predict_proba(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax over classes (multiclass) or per-label sigmoid (multilabel)."""
+        if self.config.task == "multilabel":
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=-1)
+
+    def _check_mask_indices(self, mask_indices, batch: int, seq_len: int) -> None:
+        if self.config.level != "positions":
+            if mask_indices is not None:
+                raise ValueError(
+                    f"mask_indices was given but this model's level is {self.config.level!r}; "
+                    "only level='positions' reads mask_indices"
+                )
+            return
+        if mask_indices is None:
+            raise ValueError("level='positions' needs mask_indices, a long tensor [batch, num_positions]")
+        if mask_indices.dtype != torch.long:
+            raise ValueError(f"mask_indices must be a long (int64) tensor, got {mask_indices.dtype}")
+        if mask_indices.dim() != 2 or mask_indices.shape[0] != batch:
+            raise ValueError(
+                f"mask_indices must have shape [batch={batch}, num_positions], got {list(mask_indices.shape)}"
+            )
+        if mask_indices.numel() and (mask_indices.min() < 0 or mask_indices.max() >= seq_len):
+            raise ValueError(
+                f"mask_indices must lie in [0, {seq_len - 1}] (sequence length {seq_len}); got values in "
+                f"[{int(mask_indices.min())}, {int(mask_indices.max())}]. Pad detections with an "
+                "in-bounds index (e.g. 0) and label -100"
+            )
+
+    def _check_labels(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return check_labels(labels, logits, self.config.task, self.config.level)
+
+
+_LEVEL_DIMS = {"sequence": "[batch]", "token": "[batch, seq_len]", "positions": "[batch, num_positions]"}
+
+
+def check_labels(labels: torch.Tensor, logits: torch.Tensor, task: str, level: str) -> torch.Tensor:
+    """Check label shape and dtype against task and level; return them in the dtype the loss needs."""
+    num_labels = logits.shape[-1]
+    if task == "multiclass":
+        expected = list(logits.shape[:-1])
+        if list(labels.shape) != expected:
+            raise ValueError(
+                f"multiclass {level}-level labels must have shape {_LEVEL_DIMS[level]} = {expected} "
+                f"(class ids, -100 to ignore), got {list(labels.shape)}"
+            )
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"multiclass labels must be integer class ids, got dtype {labels.dtype}")
+        labels = labels.long()
+        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_labels))
+        if bad.any():
+            raise ValueError(
+                f"multiclass label {int(labels[bad][0])} is outside [0, {num_labels - 1}] "
+                f"(num_labels={num_labels}; -100 means ignore)"
+            )
+        return labels
+    expected = list(logits.shape)
+    if list(labels.shape) != expected:
+        raise ValueError(
+            f"multilabel {level}-level labels must have shape {_LEVEL_DIMS[level][:-1]}, num_labels] "
+            f"= {expected} (0/1 per label, -100 to ignore), got {list(labels.shape)}"
+        )
+    return labels.to(logits.dtype if logits.is_floating_point() else torch.float)
+
+
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    """Cross-entropy (multiclass) or BCE-with-logits (multilabel), ignoring -100 labels.
+
+    Multilabel: each element with -100 is ignored, and a whole row (sequence, token or
+    detection) is ignored when its first label is -100.
+    """
+    if task == "multiclass":
+        flat_labels = labels.reshape(-1)
+        if (flat_labels != IGNORE_INDEX).sum() == 0:
+            return logits.sum() * 0.0
+        return nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), flat_labels, ignore_index=IGNORE_INDEX
+        )
+    mask = (labels != IGNORE_INDEX) & (labels[..., :1] != IGNORE_INDEX)
+    losses = nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), labels.float().clamp(min=0.0), reduction="none"
+    )
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+
+HydraHeadConfig.register_for_auto_class()
