@@ -221,7 +221,8 @@ class HydraHeadModel(HydraHeadPreTrainedModel):
             backbone_inputs["position_ids"] = position_ids
         outputs = self.backbone(**backbone_inputs, **kwargs)
         tokens = self.select_layers(outputs.hidden_states)
-        logits = self.head(self.represent(tokens, attention_mask, mask_indices))
+        features = self.represent(tokens, attention_mask, mask_indices)
+        logits = self.head(features.to(self.head.classifier.weight.dtype))
         loss = None
         if labels is not None:
             labels = self._check_labels(labels, logits)

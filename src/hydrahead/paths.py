@@ -1,0 +1,34 @@
+"""Where the shipped configs live: inside the wheel, or at the repository root in a checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _shipped(name: str) -> Path:
+    packaged = _PACKAGE / name  # a built wheel carries conf/ and experiments/ inside the package
+    if packaged.is_dir():
+        return packaged
+    return _PACKAGE.parents[1] / name  # editable install: src/hydrahead -> repository root
+
+
+def config_dir() -> Path:
+    """The Hydra config directory (``conf/``)."""
+    return _shipped("conf")
+
+
+def experiments_dir() -> Path:
+    """The experiment presets (``experiments/``), on Hydra's search path."""
+    return _shipped("experiments")
+
+
+def head_presets() -> dict[str, dict]:
+    """The named head presets from ``conf/head/*.yaml``, as plain dicts."""
+    from omegaconf import OmegaConf
+
+    presets = {}
+    for path in sorted((config_dir() / "head").glob("*.yaml")):
+        presets[path.stem] = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return presets
