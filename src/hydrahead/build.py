@@ -43,6 +43,7 @@ def build_model(
     attn_implementation: str | None = None,
     resize_token_embeddings: int | None = None,
     seed: int = 0,
+    tokenizer=None,
 ):
     """Build a :class:`HydraHeadModel` and the backbone's tokenizer.
 
@@ -54,7 +55,8 @@ def build_model(
 
     from .modeling import HydraHeadConfig, HydraHeadModel
 
-    tokenizer = load_tokenizer(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     backbone_config = load_backbone_config(
         name_or_path, tokenizer=tokenizer, revision=revision, trust_remote_code=trust_remote_code
     )

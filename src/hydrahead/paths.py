@@ -14,6 +14,18 @@ def _shipped(name: str) -> Path:
     return _PACKAGE.parents[1] / name  # editable install: src/hydrahead -> repository root
 
 
+def project_root() -> Path:
+    """Where ``outputs/`` and ``data/`` go: $HYDRAHEAD_ROOT, else this checkout, else the launch dir."""
+    import os
+
+    if os.environ.get("HYDRAHEAD_ROOT"):
+        return Path(os.environ["HYDRAHEAD_ROOT"]).expanduser().resolve()
+    checkout = _PACKAGE.parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "conf").is_dir():
+        return checkout
+    return Path.cwd().resolve()
+
+
 def config_dir() -> Path:
     """The Hydra config directory (``conf/``)."""
     return _shipped("conf")

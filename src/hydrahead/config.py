@@ -1,0 +1,262 @@
+"""Typed schemas of the config groups, registered in Hydra's ConfigStore.
+
+``conf/train.yaml`` lists ``train_schema`` first in its defaults, so every group file and every
+override is merged into these dataclasses: a misspelt key or a wrong type fails at compose time
+with the key's name. Value checks that types cannot express live in ``__post_init__`` and run in
+:func:`validate`, still before any weights load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+TASKS = ("multiclass", "multilabel")
+LEVELS = ("sequence", "token", "positions")
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not one of {list(allowed)}")
+
+
+@dataclass
+class BackboneConfig:
+    name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
+    """Hub id, local directory, or ``tiny:<family>`` (random tiny encoder)."""
+    freeze: Any = False
+    """true (whole backbone), false, or an int N (embeddings + bottom N layers)."""
+    pretrained: bool = True
+    """false: the backbone's architecture with random weights (dry runs)."""
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: str | None = None
+    """e.g. bfloat16 to load the backbone weights in half precision."""
+    attn_implementation: str | None = None
+    """eager, sdpa or flash_attention_2; null: the backbone's default."""
+    resize_token_embeddings: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.freeze, (bool, int)) or (not isinstance(self.freeze, bool) and self.freeze < 0):
+            raise ValueError(f"backbone.freeze={self.freeze!r} must be true, false or a non-negative int")
+
+
+@dataclass
+class HeadConfig:
+    layer: Any = -1
+    """hidden_states index (0 = embeddings, negatives from the top), a list, 'all' or 'lo:hi'."""
+    combine: str = "concat"
+    """concat or scalar_mix, when several layers are read."""
+    pooling: str = "cls"
+    """Sequence level: cls, mean, max or pooler."""
+    hidden_layers: list[int] = field(default_factory=list)
+    """MLP widths before the output Linear; [] is a linear head."""
+    activation: str = "gelu"
+    dropout: float = 0.1
+    level: str | None = None
+    """The data level this head needs (mask_gather: positions); null: any."""
+
+    def __post_init__(self):
+        # Value checks of the other keys live with the model (normalize_head, run by validate):
+        # importing it here would load transformers whenever a schema is built.
+        if self.level is not None:
+            _choice("head.level", self.level, LEVELS)
+
+    def model_spec(self) -> dict:
+        """The head spec the model config takes (without the runner-only ``level``)."""
+        return {k: v for k, v in vars(self).items() if k != "level"}
+
+
+@dataclass
+class TaskConfig:
+    name: str = "multiclass"
+    """multiclass (softmax + cross-entropy) or multilabel (sigmoid + BCE)."""
+    threshold: float = 0.5
+    """Multilabel decision threshold for the F1 metrics."""
+    monitor: str = "val/acc"
+    """The metric that picks the best checkpoint (and that a sweeper optimises)."""
+    mode: str = "max"
+
+    def __post_init__(self):
+        _choice("task.name", self.name, TASKS)
+        _choice("task.mode", self.mode, ("max", "min"))
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"task.threshold={self.threshold} must be in (0, 1)")
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    level: str = "sequence"
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    max_length: int = 128
+    num_workers: int = 0
+    group_by_length: bool = False
+    """Batch similar lengths together (fewer pad tokens)."""
+    # synthetic_* datasets: generated deterministically from data.seed
+    seed: int = 0
+    num_train: int = 512
+    num_validation: int = 128
+    num_test: int = 128
+
+    def __post_init__(self):
+        _choice("data.level", self.level, LEVELS)
+        for key in ("batch_size", "max_length", "num_train", "num_validation"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"data.{key}={getattr(self, key)} must be >= 1")
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    """Learning rate of the head."""
+    backbone_lr: float | None = None
+    """Learning rate of the trainable backbone; null: the same as lr."""
+    weight_decay: float = 0.01
+    """Not applied to biases and norm weights."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9
+    """SGD only."""
+
+    def __post_init__(self):
+        _choice("optimizer.name", self.name, ("adamw", "sgd"))
+        if self.lr <= 0:
+            raise ValueError(f"optimizer.lr={self.lr} must be > 0")
+        if self.backbone_lr is not None and self.backbone_lr <= 0:
+            raise ValueError(f"optimizer.backbone_lr={self.backbone_lr} must be > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"optimizer.weight_decay={self.weight_decay} must be >= 0")
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "linear_warmup"
+    """linear_warmup, cosine or constant; stepped once per optimizer step."""
+    warmup_ratio: float = 0.1
+    """Fraction of all optimizer steps spent warming up."""
+
+    def __post_init__(self):
+        _choice("scheduler.name", self.name, ("linear_warmup", "cosine", "constant"))
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"scheduler.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+
+
+@dataclass
+class TrainerConfig:
+    """The Lightning Trainer arguments people sweep; add any other with ``++trainer.<arg>=``."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    precision: Any = "32-true"
+    max_epochs: int = 3
+    log_every_n_steps: int = 10
+    deterministic: Any = False
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = 1
+    # debugging knobs (conf/debug); null keeps Lightning's default
+    fast_dev_run: Any = False
+    overfit_batches: float = 0.0
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+
+    def __post_init__(self):
+        if self.max_epochs < 1 and self.max_epochs != -1:
+            raise ValueError(f"trainer.max_epochs={self.max_epochs} must be >= 1")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = False
+    patience: int = 3
+    min_delta: float = 0.0
+
+
+@dataclass
+class CallbacksConfig:
+    save_top_k: int = 1
+    """Best checkpoints kept (on task.monitor), besides last.ckpt."""
+    lr_monitor: bool = True
+    rich_progress_bar: bool = True
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class WandbConfig:
+    project: str = "hydrahead"
+    entity: str | None = None
+    mode: str | None = None
+    """offline unless set to online here or through WANDB_MODE."""
+    tags: list[str] = field(default_factory=list)
+    group: str | None = None
+    """null: the sweep's id in a multirun."""
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"
+    """wandb, csv or none."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self):
+        _choice("logger.name", self.name, ("wandb", "csv", "none"))
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    cache_dir: str = MISSING
+    log_dir: str = MISSING
+    output_dir: str = MISSING
+    """This run's directory (Hydra's runtime output dir)."""
+
+
+@dataclass
+class TrainConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0
+    ckpt_path: str | None = None
+    """Resume from this Lightning checkpoint (e.g. <run>/checkpoints/last.ckpt)."""
+    export: bool = True
+    """Write the HF export to <run>/model after training."""
+    debug: Any = None
+
+
+def register_configs() -> None:
+    """Put the schemas into Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def validate(cfg) -> TrainConfig:
+    """Run every ``__post_init__`` check plus the cross-group ones; raise ValueError naming the key."""
+    from omegaconf import OmegaConf
+
+    from hydrahead.modeling.configuration_hydrahead import normalize_head
+
+    typed: TrainConfig = OmegaConf.to_object(cfg)
+    normalize_head(typed.head.model_spec())
+    head_level = typed.head.level
+    if head_level is not None and head_level != typed.data.level:
+        raise ValueError(
+            f"head needs data at level {head_level!r} (head.level) but data={typed.data.name} is "
+            f"level {typed.data.level!r}; pick a {head_level}-level data config"
+        )
+    return typed

@@ -1,0 +1,1 @@
+"""Datasets: readers, synthetic generators, tokenization/alignment and the LightningDataModule."""

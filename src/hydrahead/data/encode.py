@@ -1,0 +1,134 @@
+"""Examples -> model features: tokenization, word/label alignment, label vocabularies.
+
+Example schema per level (field names are the defaults):
+  sequence:  {"text": str, "text_pair"?: str, "label": str | int | list[str]}
+  token:     {"tokens": list[str], "tags": list[str] | list[list[str]]}
+  positions: {"tokens": list[str], "word_positions": list[int], "labels": list[str] | list[list[str]]}
+
+Word labels go on a word's first subword (every subword with ``label_all_subwords``); the others and
+special tokens get -100. A position maps to the first subword of its word; positions truncated away
+are dropped and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+IGNORE = -100
+
+
+class DataError(ValueError):
+    """A data problem, with the place it was found (file or split, and line)."""
+
+
+def _label_items(example: dict, level: str) -> Iterable:
+    if level == "sequence":
+        return [example["label"]]
+    return example["tags"] if level == "token" else example["labels"]
+
+
+def build_label_vocab(examples: list[dict], level: str, task: str) -> list[str]:
+    """Sorted label names seen in ``examples`` (multilabel: every name in any list)."""
+    names = set()
+    for example in examples:
+        for item in _label_items(example, level):
+            if task == "multilabel":
+                names.update(str(x) for x in item)
+            else:
+                names.add(str(item))
+    return sorted(names)
+
+
+@dataclass
+class Encoded:
+    """Encoded features of one split plus what was dropped on the way."""
+
+    features: list[dict] = field(default_factory=list)
+    dropped_positions: int = 0
+    total_positions: int = 0
+
+
+def encode(
+    examples: list[dict],
+    tokenizer,
+    *,
+    level: str,
+    task: str,
+    labels: list[str],
+    max_length: int,
+    source: str = "data",
+    label_all_subwords: bool = False,
+) -> Encoded:
+    """Tokenize ``examples`` and align their labels to ids from ``labels``."""
+    label2id = {name: i for i, name in enumerate(labels)}
+    out = Encoded()
+
+    def label_id(value, where: str):
+        try:
+            return label2id[str(value)]
+        except KeyError:
+            raise DataError(
+                f"{where}: label {value!r} is not in the label vocabulary built from train "
+                f"({len(labels)} labels: {labels[:10]}{'...' if len(labels) > 10 else ''})"
+            ) from None
+
+    def target(value, where: str):
+        if task == "multiclass":
+            if isinstance(value, (list, tuple)):
+                raise DataError(f"{where}: multiclass needs one label per item, got a list {value!r}")
+            return label_id(value, where)
+        if not isinstance(value, (list, tuple)):
+            raise DataError(f"{where}: multilabel needs a list of labels per item, got {value!r}")
+        hot = [0.0] * len(labels)
+        for name in value:
+            hot[label_id(name, where)] = 1.0
+        return hot
+
+    ignore_row = IGNORE if task == "multiclass" else [float(IGNORE)] * len(labels)
+    for line, example in enumerate(examples, start=1):
+        where = f"{source}:{line}"
+        if level == "sequence":
+            enc = tokenizer(
+                example["text"], example.get("text_pair"), truncation=True, max_length=max_length
+            )
+            feature = {key: list(value) for key, value in enc.items()}
+            feature["labels"] = target(example["label"], where)
+        else:
+            words = example["tokens"]
+            enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+            word_ids = enc.word_ids()
+            feature = {key: list(value) for key, value in enc.items()}
+            first_subword: dict[int, int] = {}
+            for index, word in enumerate(word_ids):
+                if word is not None and word not in first_subword:
+                    first_subword[word] = index
+            if level == "token":
+                tags = example["tags"]
+                if len(tags) != len(words):
+                    raise DataError(f"{where}: {len(words)} tokens but {len(tags)} tags")
+                aligned = []
+                for index, word in enumerate(word_ids):
+                    use = word is not None and (label_all_subwords or first_subword[word] == index)
+                    aligned.append(target(tags[word], where) if use else ignore_row)
+                feature["labels"] = aligned
+            else:
+                positions, values = example["word_positions"], example["labels"]
+                if len(positions) != len(values):
+                    raise DataError(f"{where}: {len(positions)} word_positions but {len(values)} labels")
+                mask_indices, aligned = [], []
+                for position, value in zip(positions, values):
+                    if not 0 <= position < len(words):
+                        raise DataError(
+                            f"{where}: word position {position} is outside the {len(words)} tokens"
+                        )
+                    out.total_positions += 1
+                    if position not in first_subword:  # truncated away
+                        out.dropped_positions += 1
+                        continue
+                    mask_indices.append(first_subword[position])
+                    aligned.append(target(value, where))
+                feature["mask_indices"] = mask_indices
+                feature["labels"] = aligned
+        out.features.append(feature)
+    return out

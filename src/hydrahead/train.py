@@ -1,0 +1,263 @@
+"""``hydrahead-train`` (also ``python -m hydrahead.train``): one experiment, one run directory.
+
+compose config -> validate (before any weights load) -> data -> model -> Lightning fit ->
+evaluate the best checkpoint (test split, else validation) -> export -> ``metrics.json``.
+
+Module-level imports stay light so ``hydrahead-train --cfg job`` answers in about two seconds;
+torch, transformers, Lightning and W&B load only when a run starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from hydrahead.config import register_configs, validate
+from hydrahead.paths import config_dir, project_root
+
+log = logging.getLogger("hydrahead.train")
+_RUN_ID = secrets.token_hex(3)
+
+
+def register_resolvers() -> None:
+    """``${hh.root:}``: where outputs/ and data/ live; ``${hh.uid:}``: a per-process random id."""
+    if not OmegaConf.has_resolver("hh.root"):
+        OmegaConf.register_new_resolver("hh.root", lambda: str(project_root()))
+    if not OmegaConf.has_resolver("hh.uid"):
+        OmegaConf.register_new_resolver("hh.uid", lambda: _RUN_ID)
+
+
+register_configs()
+register_resolvers()
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write atomically: a reader (compare, a sweep monitor) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)
+
+
+def _hydra_job_info() -> dict:
+    """Run name, W&B group and mode from Hydra's runtime config (empty outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    overrides = hc.job.override_dirname or "defaults"
+    return {
+        "multirun": multirun,
+        "name": f"{hc.job.num}-{overrides}" if multirun else overrides,
+        "sweep_id": Path(hc.sweep.dir).name if multirun else None,
+    }
+
+
+def build_logger(cfg: DictConfig, run_dir: Path, resolved: dict):
+    name = cfg.logger.name
+    if name == "none":
+        return False
+    if name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="csv", version="")
+    from lightning.pytorch.loggers import WandbLogger
+
+    job = _hydra_job_info()
+    wb = cfg.logger.wandb
+    return WandbLogger(
+        project=wb.project,
+        entity=wb.entity,
+        name=job.get("name", "run"),
+        group=wb.group or job.get("sweep_id"),
+        tags=list(wb.tags),
+        save_dir=str(run_dir),
+        mode=wb.mode or os.environ.get("WANDB_MODE", "offline"),
+        config=resolved,
+    )
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
+    from lightning.pytorch import callbacks as cb
+
+    c = cfg.callbacks
+    checkpoint = cb.ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best" if c.save_top_k == 1 else "best-epoch{epoch:02d}",
+        monitor=cfg.task.monitor,
+        mode=cfg.task.mode,
+        save_top_k=c.save_top_k,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    callbacks = [checkpoint]
+    if c.lr_monitor and cfg.logger.name != "none":
+        callbacks.append(cb.LearningRateMonitor(logging_interval="step"))
+    if c.rich_progress_bar:
+        callbacks.append(cb.RichProgressBar())
+    if c.early_stopping.enabled:
+        callbacks.append(
+            cb.EarlyStopping(
+                monitor=cfg.task.monitor, mode=cfg.task.mode,
+                patience=c.early_stopping.patience, min_delta=c.early_stopping.min_delta,
+            )
+        )
+    return callbacks
+
+
+def labels_from_checkpoint(ckpt_path: str) -> list[str] | None:
+    """The label vocabulary a checkpoint was trained with (so a resume never re-derives it)."""
+    import torch
+
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    return (state.get("hyper_parameters") or {}).get("labels")
+
+
+def _route_library_logs() -> None:
+    """Lightning installs its own console handlers; under Hydra's logging they print every line twice."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logger = logging.getLogger(name)
+            logger.handlers.clear()
+            logger.propagate = True
+
+
+def fit(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train, evaluate the best checkpoint and export; returns the metrics.json payload."""
+    import lightning as L
+
+    from hydrahead.backbones import load_tokenizer
+    from hydrahead.build import build_model
+    from hydrahead.data.datamodule import HeadDataModule
+    from hydrahead.export import export_model
+    from hydrahead.training.module import HeadModule
+
+    _route_library_logs()
+    L.seed_everything(cfg.seed, workers=True)
+    bb = cfg.backbone
+    tokenizer = load_tokenizer(bb.name_or_path, revision=bb.revision, trust_remote_code=bb.trust_remote_code)
+    labels = labels_from_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    datamodule = HeadDataModule(cfg.data, tokenizer, cfg.task.name, labels=labels).load()
+    model, _ = build_model(
+        bb.name_or_path,
+        labels=datamodule.labels,
+        head=_head_spec(cfg),
+        task=cfg.task.name,
+        level=cfg.data.level,
+        freeze=bb.freeze,
+        pretrained=bb.pretrained,
+        revision=bb.revision,
+        trust_remote_code=bb.trust_remote_code,
+        dtype=bb.dtype,
+        attn_implementation=bb.attn_implementation,
+        resize_token_embeddings=bb.resize_token_embeddings,
+        seed=cfg.seed,
+        tokenizer=tokenizer,
+    )
+    params_total = sum(p.numel() for p in model.parameters())
+    params_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["labels"] = datamodule.labels
+    module = HeadModule(model, resolved)
+    logger = build_logger(cfg, run_dir, resolved)
+    if logger:
+        logger.log_hyperparams({"params_total": params_total, "params_trainable": params_trainable})
+    callbacks = build_callbacks(cfg, run_dir)
+    trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    trainer = L.Trainer(
+        **trainer_args,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=cfg.callbacks.rich_progress_bar,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt = "best" if best_path else None
+    metrics = {}
+    for stage, run in (("validate", trainer.validate), ("test", trainer.test)):
+        if stage == "test" and not datamodule.has_test:
+            continue
+        for result in run(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
+            metrics.update({k: float(v) for k, v in result.items()})
+    if cfg.export:
+        export_model(module.model, run_dir / "model", tokenizer)
+    best = metrics.get(cfg.task.monitor)
+    if logger and hasattr(logger, "experiment") and cfg.logger.name == "wandb":
+        logger.experiment.summary.update({**metrics, "best": best})
+    return {
+        "metrics": metrics,
+        "monitor": cfg.task.monitor,
+        "best": best,
+        "best_checkpoint": best_path or None,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "params_trainable": params_trainable,
+        "params_total": params_total,
+        "labels": datamodule.labels,
+    }
+
+
+def _head_spec(cfg: DictConfig) -> dict:
+    head = OmegaConf.to_container(cfg.head, resolve=True)
+    head.pop("level", None)
+    return head
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Run one job in ``cfg.paths.output_dir``; returns the monitored metric (for sweepers).
+
+    ``metrics.json`` says ``running`` while it trains, then ``completed`` or ``failed`` with the
+    error. Config errors are raised before any weights load.
+    """
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    status_file = run_dir / "metrics.json"
+    payload: dict = {"status": "running", "monitor": cfg.task.monitor}
+    try:
+        validate(cfg)
+        write_json(status_file, payload)
+        payload.update(fit(cfg, run_dir))
+        payload["status"] = "completed"
+        return payload["best"]
+    except BaseException as err:
+        payload.update(status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        payload["wall_s"] = round(time.perf_counter() - start, 3)
+        write_json(status_file, payload)
+        _finish_wandb(payload["status"] == "completed")
+
+
+def _finish_wandb(ok: bool) -> None:
+    """Close this job's W&B run, so each job of a multirun is a run of its own."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=0 if ok else 1)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

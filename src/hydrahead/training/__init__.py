@@ -1,0 +1,1 @@
+"""Training: the LightningModule, its metrics and optimizer groups."""

@@ -1,0 +1,89 @@
+"""The LightningModule: trains any HydraHeadModel; it never needs to know which head it holds."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from .metrics import build_metrics, flatten_for_metrics
+
+
+def parameter_groups(model, lr: float, backbone_lr: float | None, weight_decay: float) -> list[dict]:
+    """Head and backbone at their own learning rates; no weight decay on biases and norm weights."""
+    groups: dict[tuple[str, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        part = "backbone" if name.startswith("backbone.") else "head"
+        no_decay = param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
+        groups.setdefault((part, no_decay), []).append(param)
+    rates = {"head": lr, "backbone": backbone_lr or lr}
+    return [
+        {"params": params, "lr": rates[part], "weight_decay": 0.0 if no_decay else weight_decay,
+         "name": f"{part}{'_no_decay' if no_decay else ''}"}
+        for (part, no_decay), params in sorted(groups.items())
+    ]
+
+
+class HeadModule(L.LightningModule):
+    """Wraps a HydraHeadModel with the optimizer, scheduler and per-task metrics from the config.
+
+    ``config`` is the resolved run config (a plain dict), saved in every checkpoint.
+    """
+
+    def __init__(self, model, config: dict):
+        super().__init__()
+        self.model = model
+        self.save_hyperparameters(config, ignore=["model"])
+        self.config = config
+        task = config["task"]
+        num_labels = model.config.num_labels
+        self.val_metrics = build_metrics(task["name"], num_labels, task["threshold"]).clone(prefix="val/")
+        self.test_metrics = build_metrics(task["name"], num_labels, task["threshold"]).clone(prefix="test/")
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.model(**batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def _eval_step(self, batch, metrics, stage: str):
+        out = self.model(**batch)
+        self.log(f"{stage}/loss", out.loss, prog_bar=stage == "val", batch_size=batch["input_ids"].shape[0])
+        preds, labels = flatten_for_metrics(out.logits, batch["labels"], self.config["task"]["name"])
+        if len(labels):
+            metrics.update(preds, labels)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self):
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self):
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def configure_optimizers(self):
+        from transformers import get_scheduler
+
+        opt = self.config["optimizer"]
+        groups = parameter_groups(self.model, opt["lr"], opt["backbone_lr"], opt["weight_decay"])
+        if opt["name"] == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=opt["lr"], betas=tuple(opt["betas"]), eps=opt["eps"])
+        else:
+            optimizer = torch.optim.SGD(groups, lr=opt["lr"], momentum=opt["momentum"])
+        sched = self.config["scheduler"]
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        names = {"linear_warmup": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+        scheduler = get_scheduler(
+            names[sched["name"]], optimizer,
+            num_warmup_steps=int(sched["warmup_ratio"] * total), num_training_steps=total,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
