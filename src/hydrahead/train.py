@@ -89,17 +89,22 @@ def build_logger(cfg: DictConfig, run_dir: Path, resolved: dict):
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     from lightning.pytorch import callbacks as cb
 
+    from hydrahead.training.callbacks import RunCheckpoint
+
     c = cfg.callbacks
-    checkpoint = cb.ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
+    directory = str(run_dir / "checkpoints")
+    best = RunCheckpoint(
+        dirpath=directory,
         filename="best" if c.save_top_k == 1 else "best-epoch{epoch:02d}",
         monitor=cfg.task.monitor,
         mode=cfg.task.mode,
         save_top_k=c.save_top_k,
-        save_last=True,
         auto_insert_metric_name=False,
     )
-    callbacks = [checkpoint]
+    # A checkpoint of its own for last.ckpt: Lightning's save_last only rewrites it when the
+    # monitored metric improved, so a resume would restart from the best epoch, not the last.
+    last = RunCheckpoint(dirpath=directory, filename="last", save_top_k=1, enable_version_counter=False)
+    callbacks = [best, last]
     if c.lr_monitor and cfg.logger.name != "none":
         callbacks.append(cb.LearningRateMonitor(logging_interval="step"))
     if c.rich_progress_bar:

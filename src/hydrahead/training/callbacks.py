@@ -1,0 +1,40 @@
+"""Callbacks with behaviour Lightning's defaults lack."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that resumes into a new run directory without forgetting what was best.
+
+    Lightning drops ``best_model_score`` and the top-k record when the checkpoint dir changed, so
+    the first epoch after a resume would become "best" whatever it scores. This copies the earlier
+    run's best checkpoints into this run's dir and re-points the state at the copies.
+    """
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old_dir = state_dict.get("dirpath")
+        if old_dir and self.dirpath and Path(old_dir).resolve() != Path(self.dirpath).resolve():
+            state_dict = dict(state_dict)
+            Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+
+            def carried(path: str) -> str:
+                if not path or not Path(path).is_file():
+                    return path
+                target = Path(self.dirpath) / Path(path).name
+                if not target.exists():
+                    shutil.copy2(path, target)
+                return str(target)
+
+            state_dict["best_k_models"] = {
+                carried(path): score for path, score in state_dict.get("best_k_models", {}).items()
+            }
+            for key in ("best_model_path", "kth_best_model_path"):
+                state_dict[key] = carried(state_dict.get(key, ""))
+            state_dict["last_model_path"] = ""
+            state_dict["dirpath"] = self.dirpath
+        super().load_state_dict(state_dict)
