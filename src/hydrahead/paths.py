@@ -32,8 +32,8 @@ def config_dir() -> Path:
 
 
 def experiments_dir() -> Path:
-    """The experiment presets (``experiments/``), on Hydra's search path."""
-    return _shipped("experiments")
+    """The experiment presets: ``experiments/``, which Hydra sees as ``conf/experiment``."""
+    return (config_dir() / "experiment").resolve()
 
 
 def head_presets() -> dict[str, dict]:
