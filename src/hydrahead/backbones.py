@@ -138,15 +138,25 @@ def tiny_config(family: str, tokenizer, num_layers: int = 4, hidden_size: int = 
     return AutoConfig.for_model(family, **sizes, **common)
 
 
-def load_tokenizer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False):
-    """The backbone's tokenizer (a local-vocab one for ``tiny:`` names)."""
+def load_tokenizer(
+    name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False, words: bool = False
+):
+    """The backbone's tokenizer (a local-vocab one for ``tiny:`` names).
+
+    ``words=True`` prepares it for pre-split words (token and position levels): byte-level BPE
+    tokenizers (RoBERTa, GPT-2 style) then add the prefix space their word-initial pieces carry.
+    """
     if is_tiny(name_or_path):
         return tiny_tokenizer(tiny_family(name_or_path))
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(
-        resolve_name_or_path(name_or_path), revision=revision, trust_remote_code=trust_remote_code
-    )
+    path = resolve_name_or_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    if words and getattr(tokenizer, "add_prefix_space", None) is False:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=revision, trust_remote_code=trust_remote_code, add_prefix_space=True
+        )
+    return tokenizer
 
 
 def load_backbone_config(

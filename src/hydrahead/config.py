@@ -87,26 +87,69 @@ class TaskConfig:
 
 
 @dataclass
+class FieldsConfig:
+    """Field (column) names in local files and hub datasets."""
+
+    text: str = "text"
+    text_pair: str | None = "text_pair"
+    label: str = "label"
+    tokens: str = "tokens"
+    tags: str = "tags"
+    spans: str = "spans"
+    word_positions: str = "word_positions"
+    labels: str = "labels"
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     level: str = "sequence"
+    """sequence, token or positions."""
     batch_size: int = 32
     eval_batch_size: int | None = None
     max_length: int = 128
+    """Longer inputs are truncated; positions that fall outside are dropped (and counted)."""
     num_workers: int = 0
     group_by_length: bool = False
     """Batch similar lengths together (fewer pad tokens)."""
-    # synthetic_* datasets: generated deterministically from data.seed
     seed: int = 0
+    # local files (data=local and the prepared corpora)
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    format: str = "auto"
+    """auto (from the extension), jsonl, csv, parquet or conll."""
+    fields: FieldsConfig = field(default_factory=FieldsConfig)
+    label_all_subwords: bool = False
+    """Label every subword of a word, not only the first (the rest get -100)."""
+    on_error: str = "raise"
+    """raise at the first bad row, or skip bad rows (and report how many)."""
+    limit_train: int | None = None
+    """Use the first N training examples (the label vocabulary still comes from the whole file)."""
+    limit_validation: int | None = None
+    limit_test: int | None = None
+    seqeval_strict: bool = False
+    """BIO token tasks: entity metrics in seqeval's strict IOB2 mode instead of the default."""
+    prepare: str | None = None
+    """A corpus hydrahead-prepare builds into paths.data_dir when its files are missing (wordnet)."""
+    # HF Hub datasets (needs the `datasets` package and a network)
+    hf_name: str | None = None
+    hf_config: str | None = None
+    # synthetic_* datasets: generated deterministically from data.seed
     num_train: int = 512
     num_validation: int = 128
     num_test: int = 128
 
     def __post_init__(self):
         _choice("data.level", self.level, LEVELS)
-        for key in ("batch_size", "max_length", "num_train", "num_validation"):
+        _choice("data.format", self.format, ("auto", "jsonl", "csv", "parquet", "conll"))
+        _choice("data.on_error", self.on_error, ("raise", "skip"))
+        for key in ("batch_size", "max_length"):
             if getattr(self, key) < 1:
                 raise ValueError(f"data.{key}={getattr(self, key)} must be >= 1")
+        for key in ("limit_train", "limit_validation", "limit_test"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"data.{key}={getattr(self, key)} must be >= 1 (or null for all)")
 
 
 @dataclass

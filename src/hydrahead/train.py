@@ -152,9 +152,19 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
     _route_library_logs()
     L.seed_everything(cfg.seed, workers=True)
     bb = cfg.backbone
-    tokenizer = load_tokenizer(bb.name_or_path, revision=bb.revision, trust_remote_code=bb.trust_remote_code)
+    tokenizer = load_tokenizer(
+        bb.name_or_path, revision=bb.revision, trust_remote_code=bb.trust_remote_code,
+        words=cfg.data.level != "sequence",
+    )
     labels = labels_from_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
-    datamodule = HeadDataModule(cfg.data, tokenizer, cfg.task.name, labels=labels).load()
+    if cfg.data.prepare:
+        from hydrahead.prepare import ensure_prepared
+
+        ensure_prepared(cfg.data.prepare, Path(cfg.paths.data_dir))
+    datamodule = HeadDataModule(
+        cfg.data, tokenizer, cfg.task.name, labels=labels, cache_dir=cfg.paths.cache_dir
+    ).load()
+    write_json(run_dir / "labels.json", {"labels": datamodule.labels})
     model, _ = build_model(
         bb.name_or_path,
         labels=datamodule.labels,

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Sampler
 
-from .encode import IGNORE, Encoded, build_label_vocab, encode
+from . import cache
+from .encode import IGNORE, DataError, Encoded, build_label_vocab, encode
+from .readers import read_examples
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -87,47 +91,93 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 class HeadDataModule(L.LightningDataModule):
-    """Reads the splits named by ``data`` config, builds labels from train, encodes every split.
+    """Reads the splits named by the ``data`` config, builds labels from train, encodes every split.
 
-    Call :meth:`load` before building the model: the model needs :attr:`labels`.
+    Call :meth:`load` before building the model: the model needs :attr:`labels`. With a
+    ``cache_dir``, tokenized splits of file-based data are cached (see ``hydrahead.data.cache``).
     """
 
-    def __init__(self, data_cfg, tokenizer, task: str, labels: list[str] | None = None):
+    def __init__(self, data_cfg, tokenizer, task: str, labels: list[str] | None = None,
+                 cache_dir: str | Path | None = None):
         super().__init__()
         self.cfg = data_cfg
         self.tokenizer = tokenizer
         self.task = task
         self.level = data_cfg.level
         self.labels = list(labels) if labels else None
+        self.cache_dir = Path(cache_dir) / "tokenized" if cache_dir else None
         self.splits: dict[str, Encoded] = {}
+        self.cache_hit: bool | None = None
+
+    def files(self) -> dict[str, Path]:
+        """The local file of each split that has one."""
+        named = {split: getattr(self.cfg, f"{split}_file", None) for split in SPLITS}
+        return {split: Path(path).expanduser().resolve() for split, path in named.items() if path}
 
     def read(self, split: str) -> list[dict] | None:
-        """The raw examples of ``split``, or None when the dataset has no such split."""
-        from .synthetic import generate
+        """The raw examples of ``split`` (all of them), or None when the dataset has no such split."""
+        cfg = self.cfg
+        if cfg.name.startswith("synthetic"):
+            from .synthetic import generate
 
-        if self.cfg.name.startswith("synthetic"):
-            size = {"train": self.cfg.num_train, "validation": self.cfg.num_validation,
-                    "test": self.cfg.num_test}[split]
-            return generate(self.level, self.task, split, size, self.cfg.seed) if size else None
-        raise ValueError(f"data.name={self.cfg.name!r}: unknown dataset")
+            size = {"train": cfg.num_train, "validation": cfg.num_validation, "test": cfg.num_test}[split]
+            return generate(self.level, self.task, split, size, cfg.seed) if size else None
+        if cfg.hf_name:
+            from .hub import read_hub_split
+
+            return read_hub_split(cfg, split, self.task)
+        path = self.files().get(split)
+        return read_examples(path, cfg, self.task) if path else None
+
+    def _cache_key(self) -> str | None:
+        files = self.files()
+        if self.cache_dir is None or not files or self.cfg.hf_name:
+            return None
+        options = OmegaConf.to_container(self.cfg, resolve=True) if OmegaConf.is_config(self.cfg) else dict(self.cfg)
+        for key in ("batch_size", "eval_batch_size", "num_workers", "group_by_length", "train_file",
+                    "validation_file", "test_file", "seed", "prepare"):
+            options.pop(key, None)
+        return cache.cache_key({
+            "files": {split: cache.file_digest(path) for split, path in files.items() if path.is_file()},
+            "tokenizer": cache.tokenizer_fingerprint(self.tokenizer),
+            "labels": self.labels,
+            "task": self.task,
+            "options": options,
+            "version": 1,
+        })
 
     def load(self) -> HeadDataModule:
         """Read, build the label vocabulary (unless given, e.g. on resume) and encode all splits."""
         if self.splits:
             return self
-        raw = {split: self.read(split) for split in SPLITS}
-        if not raw["train"]:
-            raise ValueError(f"data={self.cfg.name}: the train split is empty")
-        if not raw["validation"]:
-            raise ValueError(f"data={self.cfg.name}: there is no validation split")
-        if self.labels is None:
-            self.labels = build_label_vocab(raw["train"], self.level, self.task)
+        key = self._cache_key() if self.labels is not None else None
+        cached = cache.load(self.cache_dir, key) if key else None
+        if cached is None:
+            raw = {split: self.read(split) for split in SPLITS}
+            where = self.cfg.name
+            if not raw["train"]:
+                raise DataError(f"data={where}: the train split is empty (data.train_file)")
+            if not raw["validation"]:
+                raise DataError(f"data={where}: there is no validation split (data.validation_file)")
+            if self.labels is None:
+                self.labels = build_label_vocab(raw["train"], self.level, self.task)
+                key = self._cache_key()
+                cached = cache.load(self.cache_dir, key) if key else None
+        if cached is not None:
+            self.splits = {split: Encoded(**value) for split, value in cached.items()}
+            self.cache_hit = True
+            log.info("tokenized %s from the cache (%s)", self.cfg.name, key)
+            return self
+        self.cache_hit = False if key else None
+        limits = {"train": self.cfg.limit_train, "validation": self.cfg.limit_validation,
+                  "test": self.cfg.limit_test}
         for split, examples in raw.items():
             if not examples:
                 continue
             encoded = encode(
-                examples, self.tokenizer, level=self.level, task=self.task, labels=self.labels,
+                examples[: limits[split]], self.tokenizer, level=self.level, task=self.task, labels=self.labels,
                 max_length=self.cfg.max_length, source=f"{self.cfg.name}/{split}",
+                label_all_subwords=self.cfg.label_all_subwords,
             )
             if encoded.dropped_positions:
                 log.warning(
@@ -136,6 +186,8 @@ class HeadDataModule(L.LightningDataModule):
                     self.cfg.max_length,
                 )
             self.splits[split] = encoded
+        if key:
+            cache.store(self.cache_dir, key, {split: vars(enc) for split, enc in self.splits.items()})
         return self
 
     @property

@@ -4,6 +4,7 @@ Example schema per level (field names are the defaults):
   sequence:  {"text": str, "text_pair"?: str, "label": str | int | list[str]}
   token:     {"tokens": list[str], "tags": list[str] | list[list[str]]}
   positions: {"tokens": list[str], "word_positions": list[int], "labels": list[str] | list[list[str]]}
+             or {"text": str, "spans": [[start, end], ...], "labels": ...}
 
 Word labels go on a word's first subword (every subword with ``label_all_subwords``); the others and
 special tokens get -100. A position maps to the first subword of its word; positions truncated away
@@ -37,6 +38,8 @@ def build_label_vocab(examples: list[dict], level: str, task: str) -> list[str]:
                 names.update(str(x) for x in item)
             else:
                 names.add(str(item))
+    if names and all(name.lstrip("-").isdigit() for name in names):
+        return sorted(names, key=int)  # integer class ids: 2 before 10
     return sorted(names)
 
 
@@ -87,13 +90,29 @@ def encode(
 
     ignore_row = IGNORE if task == "multiclass" else [float(IGNORE)] * len(labels)
     for line, example in enumerate(examples, start=1):
-        where = f"{source}:{line}"
+        where = example.get("_where", f"{source}:{line}")
         if level == "sequence":
             enc = tokenizer(
                 example["text"], example.get("text_pair"), truncation=True, max_length=max_length
             )
             feature = {key: list(value) for key, value in enc.items()}
             feature["labels"] = target(example["label"], where)
+        elif "spans" in example:  # positions given as character spans of a text
+            enc = tokenizer(example["text"], truncation=True, max_length=max_length)
+            feature = {key: list(value) for key, value in enc.items()}
+            mask_indices, aligned = [], []
+            for (start, end), value in zip(example["spans"], example["labels"]):
+                out.total_positions += 1
+                token = next(
+                    (t for c in range(start, end) if (t := enc.char_to_token(c)) is not None), None
+                )
+                if token is None:  # truncated away (or only whitespace)
+                    out.dropped_positions += 1
+                    continue
+                mask_indices.append(token)
+                aligned.append(target(value, where))
+            feature["mask_indices"] = mask_indices
+            feature["labels"] = aligned
         else:
             words = example["tokens"]
             enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
@@ -51,3 +51,57 @@ def flatten_for_metrics(logits: torch.Tensor, labels: torch.Tensor, task: str):
     keep = flat_labels[:, 0] != IGNORE
     kept = flat_labels[keep]
     return flat_logits[keep].sigmoid(), kept.long()
+
+
+BIO_PATTERN = r"^(O|[BI]-.+)$"
+
+
+def is_bio(labels: list[str]) -> bool:
+    """True when every label is O, B-<type> or I-<type> (a BIO tagging scheme)."""
+    import re
+
+    return bool(labels) and all(re.match(BIO_PATTERN, name) for name in labels) and any(
+        name != "O" for name in labels
+    )
+
+
+class EntityMetrics(Metric):
+    """Entity-level precision, recall and F1 of BIO tagging, computed by seqeval.
+
+    Fed the same logits and -100-masked labels as the loss; one tag sequence per input, read at
+    the labelled (first-subword) positions. ``strict=True`` uses seqeval's strict mode with IOB2.
+    """
+
+    full_state_update = False
+
+    def __init__(self, labels: list[str], strict: bool = False):
+        super().__init__()
+        self.names = list(labels)
+        self.strict = strict
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+        self.add_state("lengths", default=[], dist_reduce_fx="cat")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        keep = labels != IGNORE
+        self.preds.append(logits.argmax(-1)[keep])
+        self.target.append(labels[keep])
+        self.lengths.append(keep.sum(-1))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        from seqeval.metrics import f1_score, precision_score, recall_score
+        from seqeval.scheme import IOB2
+        from torchmetrics.utilities import dim_zero_cat
+
+        preds, target = dim_zero_cat(self.preds).tolist(), dim_zero_cat(self.target).tolist()
+        y_pred, y_true, start = [], [], 0
+        for length in dim_zero_cat(self.lengths).tolist():
+            y_pred.append([self.names[i] for i in preds[start : start + length]])
+            y_true.append([self.names[i] for i in target[start : start + length]])
+            start += length
+        kwargs = {"mode": "strict", "scheme": IOB2} if self.strict else {}
+        return {
+            name: torch.tensor(fn(y_true, y_pred, zero_division=0, **kwargs), dtype=torch.float)
+            for name, fn in (("entity_precision", precision_score), ("entity_recall", recall_score),
+                             ("entity_f1", f1_score))
+        }

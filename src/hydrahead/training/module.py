@@ -7,7 +7,7 @@ import random
 import lightning as L
 import torch
 
-from .metrics import build_metrics, flatten_for_metrics
+from .metrics import EntityMetrics, build_metrics, flatten_for_metrics, is_bio
 
 
 def parameter_groups(model, lr: float, backbone_lr: float | None, weight_decay: float) -> list[dict]:
@@ -42,6 +42,12 @@ class HeadModule(L.LightningModule):
         num_labels = model.config.num_labels
         self.val_metrics = build_metrics(task["name"], num_labels, task["threshold"]).clone(prefix="val/")
         self.test_metrics = build_metrics(task["name"], num_labels, task["threshold"]).clone(prefix="test/")
+        labels = [model.config.id2label[i] for i in range(num_labels)]
+        self.val_entities = self.test_entities = None
+        if model.config.level == "token" and task["name"] == "multiclass" and is_bio(labels):
+            strict = config["data"].get("seqeval_strict", False)
+            self.val_entities = EntityMetrics(labels, strict)
+            self.test_entities = EntityMetrics(labels, strict)
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -51,26 +57,36 @@ class HeadModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def _eval_step(self, batch, metrics, stage: str):
+    def _eval_step(self, batch, stage: str):
         out = self.model(**batch)
         self.log(f"{stage}/loss", out.loss, prog_bar=stage == "val", batch_size=batch["input_ids"].shape[0])
         preds, labels = flatten_for_metrics(out.logits, batch["labels"], self.config["task"]["name"])
         if len(labels):
-            metrics.update(preds, labels)
+            getattr(self, f"{stage}_metrics").update(preds, labels)
+        entities = getattr(self, f"{stage}_entities")
+        if entities is not None:
+            entities.update(out.logits.detach(), batch["labels"])
+
+    def _eval_epoch_end(self, stage: str):
+        metrics = getattr(self, f"{stage}_metrics")
+        self.log_dict(metrics.compute(), prog_bar=stage == "val")
+        metrics.reset()
+        entities = getattr(self, f"{stage}_entities")
+        if entities is not None:
+            self.log_dict({f"{stage}/{k}": v for k, v in entities.compute().items()})
+            entities.reset()
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, self.val_metrics, "val")
+        self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self):
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
+        self._eval_epoch_end("val")
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, self.test_metrics, "test")
+        self._eval_step(batch, "test")
 
     def on_test_epoch_end(self):
-        self.log_dict(self.test_metrics.compute())
-        self.test_metrics.reset()
+        self._eval_epoch_end("test")
 
     # Lightning does not restore RNG state on resume; dropout draws from it, so a resumed run
     # would diverge from an uninterrupted one. Keep it in every checkpoint.

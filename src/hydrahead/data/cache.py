@@ -1,0 +1,69 @@
+"""Tokenized splits cached on disk, keyed by what determines them.
+
+The key covers the data files' content, the tokenizer (its full serialized definition), the label
+vocabulary, max_length and every option that changes the features, so a sweep tokenizes once and
+every job after that reads the cache; a changed file or max_length misses and re-tokenizes.
+Writes go to a temporary file that is renamed into place: parallel jobs never see half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    extra = json.dumps(
+        [type(tokenizer).__name__, getattr(tokenizer, "add_prefix_space", None), tokenizer.padding_side,
+         tokenizer.truncation_side], sort_keys=True,
+    )
+    return hashlib.sha256((spec + extra).encode()).hexdigest()
+
+
+def cache_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def load(cache_dir: str | Path, key: str):
+    import torch
+
+    path = Path(cache_dir) / f"{key}.pt"
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # a damaged entry is only a miss: rebuild it
+        log.warning("ignoring unreadable tokenization cache %s (%s)", path, err)
+        return None
+
+
+def store(cache_dir: str | Path, key: str, payload) -> Path:
+    import torch
+
+    directory = Path(cache_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{key}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, directory / f"{key}.pt")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return directory / f"{key}.pt"

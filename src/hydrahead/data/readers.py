@@ -1,0 +1,211 @@
+"""Read local datasets (JSONL, CSV, Parquet, CoNLL) into examples of the canonical schema.
+
+Canonical example keys per level (the file's field names are configurable, see DataConfig):
+  sequence:  text, text_pair (optional), label (str | int; multilabel: list of str)
+  token:     tokens (list of words), tags (list of str; multilabel: list of lists)
+  positions: text + spans ([[start, end], ...] character offsets) or tokens + word_positions,
+             and labels (one per position; multilabel: a list per position)
+Every example also carries ``_where`` ("file:line") so later errors can point at it.
+
+CSV cells holding lists are JSON (``["a", "b"]``); tokens and tags may also be space-separated and
+multilabel labels ``|``-separated. CoNLL: one token per line, tag in the last column (``|``
+between several tags for multilabel), blank lines between sentences, ``-DOCSTART-`` skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+from .encode import DataError
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {
+    ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
+    ".csv": "csv", ".tsv": "csv",
+    ".parquet": "parquet", ".pq": "parquet",
+    ".conll": "conll", ".conllu": "conll", ".bio": "conll", ".iob": "conll", ".txt": "conll",
+}
+FORMATS = ("auto", "jsonl", "csv", "parquet", "conll")
+
+
+def detect_format(path: Path, fmt: str = "auto") -> str:
+    if fmt != "auto":
+        return fmt
+    try:
+        return EXTENSIONS[path.suffix.lower()]
+    except KeyError:
+        raise DataError(
+            f"{path}: cannot tell the format from the extension {path.suffix!r}; set data.format "
+            f"to one of {list(FORMATS[1:])}"
+        ) from None
+
+
+def _rows(path: Path, fmt: str):
+    """Yield (line, dict) per raw record; malformed records raise DataError naming file:line."""
+    if fmt == "jsonl":
+        with path.open(encoding="utf-8") as handle:
+            for line, text in enumerate(handle, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as err:
+                    yield line, DataError(f"{path}:{line}: malformed JSON ({err.msg} at column {err.colno})")
+                    continue
+                if not isinstance(row, dict):
+                    row = DataError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
+                yield line, row
+    elif fmt == "csv":
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            for row in reader:
+                if None in row or None in row.values():
+                    row = DataError(
+                        f"{path}:{reader.line_num}: malformed CSV row: {len(reader.fieldnames)} columns "
+                        "in the header, a different number here"
+                    )
+                yield reader.line_num, row
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as err:
+            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+        for index, row in enumerate(table.to_pylist(), start=1):
+            yield index, row
+    elif fmt == "conll":
+        yield from _conll_rows(path)
+    else:
+        raise DataError(f"{path}: unknown data.format {fmt!r}; choose one of {list(FORMATS)}")
+
+
+def _conll_rows(path: Path):
+    tokens, tags, start = [], [], None
+    with path.open(encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            parts = text.split()
+            if not parts or parts[0] == "-DOCSTART-":
+                if tokens:
+                    yield start, {"tokens": tokens, "tags": tags}
+                tokens, tags, start = [], [], None
+                continue
+            if len(parts) < 2:
+                yield line, DataError(f"{path}:{line}: a CoNLL line needs a token and a tag, got {text.strip()!r}")
+                tokens, tags, start = [], [], None
+                continue
+            start = start or line
+            tokens.append(parts[0])
+            tags.append(parts[-1])
+    if tokens:
+        yield start, {"tokens": tokens, "tags": tags}
+
+
+def _as_list(value, where: str, key: str, split_on: str | None = None) -> list:
+    """Lists stay lists; CSV strings are JSON lists or separated values."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if hasattr(value, "tolist"):  # numpy arrays from Parquet
+        return list(value.tolist())
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            try:
+                return list(json.loads(stripped))
+            except json.JSONDecodeError:
+                raise DataError(f"{where}: field {key!r} is not a valid JSON list: {value!r}") from None
+        return stripped.split(split_on) if stripped else []
+    raise DataError(f"{where}: field {key!r} must be a list, got {type(value).__name__}")
+
+
+def _example(row: dict, where: str, data_cfg, task: str) -> dict:
+    """One canonical example from a raw record; raises DataError naming ``where``."""
+    f = data_cfg.fields
+    level = data_cfg.level
+    multilabel = task == "multilabel"
+    def field(key: str, config_key: str, optional: bool = False):
+        if key not in row or row[key] is None or row[key] == "":
+            if optional:
+                return None
+            raise DataError(f"{where}: missing field {key!r} (data.fields.{config_key})")
+        return row[key]
+
+    example: dict = {"_where": where}
+    if level == "sequence":
+        text = field(f.text, "text")
+        if not str(text).strip():
+            raise DataError(f"{where}: empty text in field {f.text!r}")
+        example["text"] = str(text)
+        pair = field(f.text_pair, "text_pair", optional=True) if f.text_pair else None
+        if pair is not None:
+            example["text_pair"] = str(pair)
+        label = field(f.label, "label")
+        example["label"] = [str(x) for x in _as_list(label, where, f.label, "|")] if multilabel else label
+    elif level == "token":
+        tokens = [str(t) for t in _as_list(field(f.tokens, "tokens"), where, f.tokens)]
+        tags = _as_list(field(f.tags, "tags"), where, f.tags)
+        if multilabel:
+            tags = [t if isinstance(t, list) else [x for x in str(t).split("|") if x] for t in tags]
+        if not tokens:
+            raise DataError(f"{where}: empty token list in field {f.tokens!r}")
+        if len(tokens) != len(tags):
+            raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
+        example.update(tokens=tokens, tags=tags)
+    else:
+        labels = _as_list(field(f.labels, "labels"), where, f.labels)
+        if multilabel:
+            labels = [x if isinstance(x, list) else [s for s in str(x).split("|") if s] for x in labels]
+        if f.spans in row and row[f.spans] is not None:
+            text = str(field(f.text, "text"))
+            spans = _as_list(row[f.spans], where, f.spans)
+            for span in spans:
+                if (not isinstance(span, (list, tuple)) or len(span) != 2
+                        or not 0 <= int(span[0]) < int(span[1]) <= len(text)):
+                    raise DataError(
+                        f"{where}: span {span!r} is not a [start, end) pair inside the "
+                        f"{len(text)}-character text"
+                    )
+            example.update(text=text, spans=[[int(a), int(b)] for a, b in spans])
+            count = len(spans)
+        else:
+            tokens = [str(t) for t in _as_list(field(f.tokens, "tokens"), where, f.tokens)]
+            positions = [int(p) for p in _as_list(field(f.word_positions, "word_positions"), where,
+                                                  f.word_positions)]
+            bad = [p for p in positions if not 0 <= p < len(tokens)]
+            if bad:
+                raise DataError(f"{where}: word position(s) {bad} outside the {len(tokens)} tokens")
+            example.update(tokens=tokens, word_positions=positions)
+            count = len(positions)
+        if count != len(labels):
+            raise DataError(f"{where}: {count} positions but {len(labels)} labels")
+        example["labels"] = labels
+    return example
+
+
+def read_examples(path: str | Path, data_cfg, task: str) -> list[dict]:
+    """Read one split file into canonical examples, checking every field (errors name file:line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    fmt = detect_format(path, data_cfg.format)
+    if fmt == "conll" and data_cfg.level != "token":
+        raise DataError(f"{path}: CoNLL files hold token-level data, but data.level={data_cfg.level!r}")
+    examples, skipped = [], []
+    for line, row in _rows(path, fmt):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            examples.append(_example(row, f"{path}:{line}", data_cfg, task))
+        except DataError as err:
+            if data_cfg.on_error != "skip":
+                raise
+            skipped.append(str(err))
+    if skipped:
+        log.warning("%s: skipped %d bad row(s) (data.on_error=skip); first: %s", path, len(skipped), skipped[0])
+    if not examples:
+        raise DataError(f"{path}: no examples (the file is empty)")
+    return examples
