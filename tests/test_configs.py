@@ -12,7 +12,10 @@ from hydrahead.config import validate
 from hydrahead.paths import config_dir, experiments_dir
 
 # Groups whose options need a matching data level to validate.
-NEEDS = {("head", "mask_gather"): ["data=synthetic_positions"]}
+NEEDS = {
+    ("head", "mask_gather"): ["data=synthetic_positions"],
+    ("data", "local"): ["data.train_file={files}/train.jsonl", "data.validation_file={files}/dev.jsonl"],
+}
 
 
 def shipped_options() -> list[tuple[str, str]]:
@@ -34,7 +37,10 @@ def compose_train(overrides: list[str], tmp_path: Path):
 
 @pytest.mark.parametrize(("group", "option"), shipped_options(), ids="/".join)
 def test_every_config_composes_and_validates(group, option, tmp_path):
-    cfg = compose_train([f"{group}={option}", *NEEDS.get((group, option), [])], tmp_path)
+    for name in ("train.jsonl", "dev.jsonl"):
+        (tmp_path / name).write_text('{"text": "a b", "label": "x"}\n')
+    needs = [n.format(files=tmp_path) for n in NEEDS.get((group, option), [])]
+    cfg = compose_train([f"{group}={option}", *needs], tmp_path)
     typed = validate(cfg)
     assert typed.data.level in ("sequence", "token", "positions")
 
@@ -92,3 +98,16 @@ def test_any_trainer_argument_can_be_added(tmp_path):
     cfg = compose_train(["++trainer.gradient_clip_algorithm=value", "++trainer.val_check_interval=0.5"], tmp_path)
     assert cfg.trainer.gradient_clip_algorithm == "value"
     assert cfg.trainer.val_check_interval == 0.5
+
+
+def test_local_data_with_a_missing_file_is_refused(tmp_path):
+    cfg = compose_train(["data=local", f"data.train_file={tmp_path}/nope.jsonl",
+                         f"data.validation_file={tmp_path}/nope.jsonl"], tmp_path)
+    with pytest.raises(ValueError, match="data.train_file=.*nope.jsonl: no such file"):
+        validate(cfg)
+
+
+def test_data_config_sets_its_task_default_and_the_command_line_wins(tmp_path):
+    assert compose_train(["data=wordnet_lemma"], tmp_path).task.name == "multilabel"
+    assert compose_train(["data=wordnet_lemma", "task=multiclass"], tmp_path).task.name == "multiclass"
+    assert compose_train(["data=wordnet_gloss"], tmp_path).task.name == "multiclass"

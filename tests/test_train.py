@@ -184,3 +184,25 @@ def test_cfg_job_stays_light(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert "head:" in proc.stdout and "backbone:" in proc.stdout
     assert "HEAVY []" in proc.stdout
+
+
+def test_local_conll_bio_data_gets_entity_metrics(tmp_path, monkeypatch):
+    from hydrahead.data.synthetic import CATEGORY_OF, generate
+
+    for split, size in (("train", 64), ("dev", 32)):
+        lines = []
+        for example in generate("token", "multiclass", "train" if split == "train" else "validation", size):
+            for word in example["tokens"]:
+                lines.append(f"{word} {'B-' + CATEGORY_OF[word] if word in CATEGORY_OF else 'O'}")
+            lines.append("")
+        (tmp_path / f"{split}.conll").write_text("\n".join(lines))
+    args = [a for a in FAST if not a.startswith("data.")] + [
+        "data=local", "data.level=token", f"data.train_file={tmp_path}/train.conll",
+        f"data.validation_file={tmp_path}/dev.conll", "export=false"]
+    run_train(args, tmp_path / "run", monkeypatch)
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["status"] == "completed"
+    assert {"val/acc", "val/entity_f1", "val/entity_precision", "val/entity_recall"} <= set(metrics["metrics"])
+    assert "test/acc" not in metrics["metrics"]  # no test split: the best checkpoint is evaluated on validation
+    assert json.loads((tmp_path / "run" / "labels.json").read_text())["labels"] == metrics["labels"]
+    assert all(label == "O" or label.startswith("B-") for label in metrics["labels"])

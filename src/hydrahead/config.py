@@ -302,4 +302,14 @@ def validate(cfg) -> TrainConfig:
             f"head needs data at level {head_level!r} (head.level) but data={typed.data.name} is "
             f"level {typed.data.level!r}; pick a {head_level}-level data config"
         )
+    data = typed.data
+    if not data.prepare and not data.hf_name and not data.name.startswith("synthetic"):
+        from pathlib import Path
+
+        for key in ("train_file", "validation_file", "test_file"):
+            path = getattr(data, key)
+            if path is None and key != "test_file":
+                raise ValueError(f"data.{key} is not set: data={data.name} reads local files")
+            if path is not None and not Path(path).expanduser().is_file():
+                raise ValueError(f"data.{key}={path}: no such file")
     return typed
