@@ -85,6 +85,8 @@ def build_model(
         elif attn_implementation:
             config.backbone_config._attn_implementation = attn_implementation
         model = HydraHeadModel(config, backbone=backbone)
+        if backbone is None and dtype not in (None, "auto"):  # random weights: honour dtype too
+            model.backbone.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     if resize_token_embeddings:
         model.resize_token_embeddings(resize_token_embeddings)
     return model, tokenizer

@@ -158,7 +158,9 @@ class HydraHeadConfig(PretrainedConfig):
                     f"freeze={freeze} exceeds the backbone's {self.backbone_layers} layers"
                 )
             # Layers above the highest one read are never computed: drop them from the encoder.
-            backbone_config.num_hidden_layers = max(layers)
+            # Keep at least one block: with zero, encoders return no hidden_states at all (so
+            # even the embedding output, index 0, is lost) and some (DeBERTa) fail outright.
+            backbone_config.num_hidden_layers = max(1, max(layers))
         kwargs.setdefault(
             "problem_type",
             "multi_label_classification" if task == "multilabel" else "single_label_classification",

@@ -90,6 +90,9 @@ class HydraHeadModel(HydraHeadPreTrainedModel):
     """
 
     _auto_class = "AutoModel"
+    # forward takes **kwargs (for the backbone) but its loss is a per-batch mean: tell HF's Trainer
+    # not to pass num_items_in_batch, so it divides the loss by the gradient-accumulation steps.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: HydraHeadConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
@@ -124,6 +127,14 @@ class HydraHeadModel(HydraHeadPreTrainedModel):
         )
         self.post_init()
         self.freeze_backbone(config.freeze)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        # Loading swaps in new parameters (requires_grad=True): apply the saved freeze again.
+        model.freeze_backbone(model.config.freeze)
+        return loaded
 
     # -- backbone -----------------------------------------------------------------------------
     def get_input_embeddings(self):

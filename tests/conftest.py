@@ -1,0 +1,103 @@
+"""Shared setup for the model tests: offline, quiet, seeded, tiny encoders only.
+
+The environment is set at import time, before any test module imports transformers: several of
+these variables (HF_MODULES_CACHE above all) are read once when transformers is first imported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+_MODULES_CACHE = tempfile.mkdtemp(prefix="hydrahead-test-modules-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ["HF_MODULES_CACHE"] = _MODULES_CACHE  # remote code of reloaded exports goes here
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads
+# spin-waiting for a descheduled sibling make every op up to 100x slower. Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+hf_logging.disable_progress_bar()
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+hf_logging.set_verbosity_error()
+
+FAMILIES = ("bert", "roberta", "distilbert", "electra", "deberta-v2")
+TEXTS = ["the big cat runs to the river", "a dog eats"]
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_MODULES_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def modules_cache() -> str:
+    """The session's HF_MODULES_CACHE (a temporary directory, removed at the end)."""
+    return _MODULES_CACHE
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch():
+    torch.manual_seed(0)
+    yield
+
+
+def encode(tokenizer, texts=TEXTS) -> dict:
+    """A padded batch as a plain dict of tensors."""
+    return dict(tokenizer(list(texts), padding=True, return_tensors="pt"))
+
+
+def head_input(model, **inputs) -> torch.Tensor:
+    """What the head receives (the selected, combined and pooled/gathered representation), eval mode."""
+    seen = []
+    handle = model.head.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return seen[0]
+
+
+def hidden_states(model, **inputs) -> tuple[torch.Tensor, ...]:
+    """The (possibly truncated) backbone's hidden_states in eval mode."""
+    inputs = {k: v for k, v in inputs.items() if k not in ("labels", "mask_indices")}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model.backbone(**inputs, output_hidden_states=True).hidden_states
+    finally:
+        model.train(was_training)
+
+
+@pytest.fixture(scope="session")
+def local_bert_dir(tmp_path_factory):
+    """A tiny BERT saved with save_pretrained (weights + tokenizer), like a downloaded checkpoint.
+
+    Seeded differently from build_model's default seed, so its weights cannot coincide with a
+    random initialisation.
+    """
+    from transformers import AutoModel
+
+    from hydrahead.backbones import tiny_config, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("local-bert")
+    tokenizer = tiny_tokenizer("bert")
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        backbone = AutoModel.from_config(tiny_config("bert", tokenizer))
+    backbone.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
