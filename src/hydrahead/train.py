@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -242,7 +243,14 @@ def train(cfg: DictConfig) -> float | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     status_file = run_dir / "metrics.json"
-    payload: dict = {"status": "running", "monitor": cfg.task.monitor}
+    payload: dict = {
+        "status": "running",
+        "monitor": cfg.task.monitor,
+        # Who runs it: a reader can tell a live run from a killed one (pid gone on this host).
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     try:
         validate(cfg)
         write_json(status_file, payload)
