@@ -23,7 +23,7 @@ def test_wheel_carries_configs_and_experiments(tmp_path):
     unpacked = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(unpacked)
     assert (unpacked / "hydrahead" / "conf" / "train.yaml").is_file()
-    assert (unpacked / "hydrahead" / "conf" / "experiment" / "frozen_mlp_minilm.yaml").is_file()
+    assert (unpacked / "hydrahead" / "conf" / "experiment" / "head_comparison.yaml").is_file()
     env = {**os.environ, "PYTHONPATH": str(unpacked), "HYDRAHEAD_ROOT": str(tmp_path / "root")}
     proc = subprocess.run(
         [sys.executable, "-c", "import hydrahead.paths as p; print(p.__file__, p.config_dir(), p.experiments_dir())"],
@@ -35,8 +35,8 @@ def test_wheel_carries_configs_and_experiments(tmp_path):
         str(unpacked / "hydrahead" / "conf" / "experiment"),
     ]
     proc = subprocess.run(
-        [sys.executable, "-m", "hydrahead.train", "experiment=frozen_mlp_minilm", "--cfg", "job"],
+        [sys.executable, "-m", "hydrahead.train", "experiment=head_comparison", "--cfg", "job"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "hidden_layers:\n  - 256" in proc.stdout
+    assert "freeze: true" in proc.stdout

@@ -14,25 +14,53 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import time
 from pathlib import Path
 
 import hydra
+import hydra.experimental.callback
 from omegaconf import DictConfig, OmegaConf
 
 from hydrahead.config import register_configs, validate
 from hydrahead.paths import config_dir, project_root
 
 log = logging.getLogger("hydrahead.train")
-_RUN_ID = secrets.token_hex(3)
+def _invocation_id() -> str:
+    """A short random id shared by a launch and every job process it starts (inherited env)."""
+    return os.environ.setdefault("HYDRAHEAD_INVOCATION_ID", secrets.token_hex(3))
+
+
+def _job_subdir(num, job_id) -> str:
+    """``<num>`` for in-process jobs; ``<num>_<scheduler job id>`` under submitit/SLURM."""
+    return str(num) if str(job_id) == str(num) else f"{num}_{job_id}"
+
+
+def _mkdir(path: str) -> str:
+    """The directory, created if needed (Optuna opens its SQLite file before Hydra makes the sweep dir)."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def register_resolvers() -> None:
-    """``${hh.root:}``: where outputs/ and data/ live; ``${hh.uid:}``: a per-process random id."""
-    if not OmegaConf.has_resolver("hh.root"):
-        OmegaConf.register_new_resolver("hh.root", lambda: str(project_root()))
-    if not OmegaConf.has_resolver("hh.uid"):
-        OmegaConf.register_new_resolver("hh.uid", lambda: _RUN_ID)
+    """Resolvers the shipped configs use (idempotent).
+
+    ``hh.root``: where outputs/ and data/ live. ``hh.uid``: the invocation id (stable across the
+    processes of one launch); ``hh.token``: fresh random hex per use. ``hh.job_subdir``:
+    a sweep job's directory name. ``hh.direction``: task.mode (max/min) as an optimizer direction.
+    ``hh.mkdir``: a directory path, created on first use.
+    """
+    resolvers = {
+        "hh.root": lambda: str(project_root()),
+        "hh.uid": _invocation_id,
+        "hh.token": lambda: secrets.token_hex(3),
+        "hh.job_subdir": _job_subdir,
+        "hh.direction": lambda mode: {"max": "maximize", "min": "minimize"}[mode],
+        "hh.mkdir": _mkdir,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 register_configs()
@@ -120,6 +148,22 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     return callbacks
 
 
+def cluster_plugins() -> list:
+    """Lightning's cluster environment under SLURM/submitit.
+
+    A single-task job (one GPU per job, the sweep default) must not be treated as a SLURM-managed
+    multi-process run, so it gets the plain environment. Multi-task jobs (``trainer=ddp`` with
+    tasks_per_node = devices) use SLURM's, without Lightning's own requeue: submitit requeues.
+    """
+    if "SLURM_NTASKS" not in os.environ:
+        return []
+    from lightning.pytorch.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    if int(os.environ["SLURM_NTASKS"]) > 1:
+        return [SLURMEnvironment(auto_requeue=False)]
+    return [LightningEnvironment()]
+
+
 def labels_from_checkpoint(ckpt_path: str) -> list[str] | None:
     """The label vocabulary a checkpoint was trained with (so a resume never re-derives it)."""
     import torch
@@ -157,7 +201,13 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         bb.name_or_path, revision=bb.revision, trust_remote_code=bb.trust_remote_code,
         words=cfg.data.level != "sequence",
     )
-    labels = labels_from_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    ckpt_path = cfg.ckpt_path
+    own_last = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path is None and own_last.is_file():
+        # This run dir already trained: a requeued (preempted, timed-out) or restarted job.
+        log.info("resuming from this run's own %s", own_last)
+        ckpt_path = str(own_last)
+    labels = labels_from_checkpoint(ckpt_path) if ckpt_path else None
     if cfg.data.prepare:
         from hydrahead.prepare import ensure_prepared
 
@@ -192,6 +242,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         logger.log_hyperparams({"params_total": params_total, "params_trainable": params_trainable})
     callbacks = build_callbacks(cfg, run_dir)
     trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    trainer_args.setdefault("plugins", cluster_plugins())
     trainer = L.Trainer(
         **trainer_args,
         logger=logger,
@@ -200,7 +251,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         enable_progress_bar=cfg.callbacks.rich_progress_bar,
         enable_model_summary=False,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = "best" if best_path else None
     metrics = {}
@@ -277,9 +328,59 @@ def _finish_wandb(ok: bool) -> None:
             wandb.finish(exit_code=0 if ok else 1)
 
 
+def sweep_summary(sweep_dir: str | Path) -> tuple[list[str], list[str]]:
+    """Lines naming each job of a sweep dir that did not complete, and those that did."""
+    failed, completed = [], []
+    for job in sorted(p for p in Path(sweep_dir).iterdir() if (p / ".hydra").is_dir()):
+        overrides = (job / ".hydra" / "overrides.yaml").read_text().replace("\n- ", " ").strip("- \n")
+        try:
+            status = json.loads((job / "metrics.json").read_text())
+        except (OSError, ValueError):
+            status = {"status": "failed", "error": "no metrics.json: killed before it started?"}
+        line = f"{job.name} ({overrides})"
+        if status.get("status") == "completed":
+            completed.append(line)
+        else:
+            failed.append(f"{line}: {status.get('status')}: {status.get('error', '')}".rstrip(": "))
+    return failed, completed
+
+
+class SweepReport(hydra.experimental.callback.Callback):
+    """Names the jobs of a multirun that failed (Hydra re-raises only the first error)."""
+
+    sweep_dir: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        SweepReport.sweep_dir = str(config.hydra.sweep.dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        report_sweep()
+
+
+def report_sweep() -> None:
+    if not SweepReport.sweep_dir or not Path(SweepReport.sweep_dir).is_dir():
+        return
+    failed, completed = sweep_summary(SweepReport.sweep_dir)
+    total = len(failed) + len(completed)
+    log.info("sweep %s: %d of %d jobs completed", SweepReport.sweep_dir, len(completed), total)
+    if failed:
+        message = "\n".join(f"  FAILED {line}" for line in failed)
+        print(f"{len(failed)} of {total} sweep jobs failed:\n{message}", file=sys.stderr)
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     return train(cfg)
+
+
+def main() -> None:
+    """Console entry point: Hydra's main, plus a list of the failed jobs when a sweep fails."""
+    try:
+        _hydra_main()
+    except SystemExit as stop:
+        if stop.code not in (None, 0):
+            report_sweep()
+        raise
 
 
 if __name__ == "__main__":
