@@ -1,0 +1,355 @@
+"""``hydrahead-reproduce RUN_DIR``: re-run a finished run from its saved config and compare metrics.
+
+The re-run never reads today's ``conf/``: it composes a primary config made of the run's saved
+``.hydra/config.yaml`` (merged into the typed ``train_schema``, so the same validation applies)
+plus the Hydra settings that shaped the run (``hydra.job.chdir``, the override_dirname settings,
+the job name, env, logging), with ``hydra.run.dir`` pointing at a fresh directory. It runs as
+``python -m hydrahead.train --config-path <new dir> --config-name reproduction`` in a subprocess
+whose working directory is the original run's (``hydra.runtime.cwd``, so relative paths in the
+config mean what they meant), and always as a single run, also for a job of a multirun.
+
+    hydrahead-reproduce outputs/runs/2026-01-01_12-00-00_ab12cd
+    hydrahead-reproduce outputs/multiruns/<sweep>/3 --out /tmp/repro --atol 1e-4
+
+Exit status: 0 the metrics match within ``|new - old| <= atol + rtol * |old|``; 1 they differ (a
+diff is printed) or the re-run failed; 2 the directory is not a completed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "reproduction"
+# Hydra settings copied from the saved hydra.yaml: what shapes a run besides the task config.
+# Not copied: mode, sweeper, launcher (a multirun job is reproduced as one run), runtime, overrides.hydra.
+HYDRA_JOB_KEYS = ("name", "chdir", "env_set", "config")
+HYDRA_TOP_KEYS = ("job_logging", "hydra_logging", "verbose", "output_subdir", "callbacks")
+
+
+class ReproduceError(Exception):
+    """Not a reproducible run (exit 2)."""
+
+
+def _load_yaml(path: Path) -> Any:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with open(path) as fh:
+        return yaml.load(fh, Loader=loader)
+
+
+def load_run(run_dir: Path) -> dict:
+    """The saved config, Hydra config, overrides and metrics of a completed run (ReproduceError otherwise)."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        raise ReproduceError(f"{run_dir} is not a run directory: no .hydra/config.yaml")
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.is_file():
+        raise ReproduceError(f"{run_dir} has no metrics.json: the run has not finished (or never started)")
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except ValueError as err:
+        raise ReproduceError(f"{metrics_file} is not valid JSON: {err}") from err
+    status = metrics.get("status")
+    if status != "completed":
+        detail = f": {metrics['error']}" if metrics.get("error") else ""
+        raise ReproduceError(f"{run_dir} did not complete (status {status!r}{detail}); nothing to reproduce")
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    hydra_cfg = (_load_yaml(hydra_file) or {}).get("hydra", {}) if hydra_file.is_file() else {}
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = (_load_yaml(overrides_file) or []) if overrides_file.is_file() else []
+    return {
+        "dir": run_dir,
+        "config_file": config_file,
+        "hydra": hydra_cfg,
+        "overrides": [str(o) for o in overrides],
+        "metrics": metrics,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Keys the schema does not know (added with ++trainer.<arg>= or +key=) cannot be merged into it
+# from a config file (the schema is in struct mode); they go back on the command line as ++key=.
+
+
+def _schema_extras(saved, schema, prefix: str = "") -> list[str]:
+    """Dotted keys present in the saved config but not in the (struct) schema."""
+    from omegaconf import DictConfig, OmegaConf
+
+    extras = []
+    schema_keys = set(schema.keys())  # `in` is False for a MISSING value; keys() is not
+    for key in saved:
+        path = f"{prefix}{key}"
+        if key not in schema_keys:
+            if OmegaConf.is_struct(schema) or OmegaConf.get_type(schema) not in (dict, None):
+                extras.append(path)
+            continue
+        child_saved, child_schema = saved._get_node(key), schema._get_node(key)
+        if isinstance(child_saved, DictConfig) and isinstance(child_schema, DictConfig):
+            extras.extend(_schema_extras(child_saved, child_schema, f"{path}."))
+    return extras
+
+
+def _override_value(value: Any) -> str:
+    """A Python/YAML value in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if not isinstance(value, float) or math.isfinite(value) else str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def build_reproduction_config(run: dict, out_dir: Path) -> tuple[dict, list[str], list[str]]:
+    """(primary config as a dict, ++ overrides for keys outside the schema, notes)."""
+    from omegaconf import OmegaConf
+
+    from hydrahead.config import TrainConfig
+
+    notes: list[str] = []
+    saved = OmegaConf.load(run["config_file"])
+    schema = OmegaConf.structured(TrainConfig)
+    extras = _schema_extras(saved, schema)
+    config = OmegaConf.to_container(saved, resolve=False)
+    extra_overrides = []
+    for key in extras:
+        parent, _, leaf = key.rpartition(".")
+        container = config
+        for part in parent.split(".") if parent else []:
+            container = container[part]
+        extra_overrides.append(f"++{key}={_override_value(container.pop(leaf))}")
+    # The run directory always follows the new run: never write into the original one.
+    paths = config.setdefault("paths", {})
+    if paths.get("output_dir") != "${hydra:runtime.output_dir}":
+        notes.append(
+            f"paths.output_dir was {paths.get('output_dir')!r}; the reproduction writes to its own dir"
+        )
+        paths["output_dir"] = "${hydra:runtime.output_dir}"
+
+    saved_hydra = run["hydra"]
+    hydra: dict = {
+        "run": {"dir": str(out_dir)},
+        "sweep": {"dir": str(out_dir / "multirun"), "subdir": "${hydra.job.num}"},
+    }
+    job = {k: saved_hydra["job"][k] for k in HYDRA_JOB_KEYS if k in saved_hydra.get("job", {})}
+    job["env_copy"] = []  # env_set already holds what env_copy copied when the run started
+    hydra["job"] = job
+    for key in HYDRA_TOP_KEYS:
+        if key in saved_hydra:
+            hydra[key] = saved_hydra[key]
+    # The new run's .hydra/overrides.yaml records the overrides that made the saved config.
+    extra_keys = set(extras)
+    hydra["overrides"] = {
+        "task": [o for o in run["overrides"] if _override_key(o) not in extra_keys],
+    }
+    if not saved_hydra:
+        notes.append("no .hydra/hydra.yaml: Hydra settings are the defaults")
+    config["defaults"] = ["train_schema", "_self_"]
+    config["hydra"] = hydra
+    return config, extra_overrides, notes
+
+
+def _override_key(override: str) -> str:
+    key = override.split("=", 1)[0]
+    return key.lstrip("+~")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def compare_metrics(old: dict, new: dict, rtol: float = 0.0, atol: float = 1e-6) -> list[dict]:
+    """One row per metric key: key, old, new, delta, ok."""
+    rows = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+        if numeric:
+            delta = b - a
+            both_nan = math.isnan(a) and math.isnan(b)
+            ok = both_nan or (math.isfinite(delta) and abs(delta) <= atol + rtol * abs(a)) or a == b
+        else:
+            delta, ok = None, a == b
+        rows.append({"key": key, "old": a, "new": b, "delta": delta, "ok": ok})
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _print_table(title: str, rows: list[dict], delta: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("old", justify="right")
+    table.add_column("new", justify="right")
+    if delta:
+        table.add_column("delta", justify="right")
+    for row in rows:
+        cells = [row["key"], _fmt(row["old"]), _fmt(row["new"])]
+        if delta:
+            cells.append(
+                "missing" if row["delta"] is None and row["old"] != row["new"] else _fmt(row["delta"])
+            )
+        table.add_row(*cells)
+    Console().print(table)
+
+
+def _default_out(run_dir: Path) -> Path:
+    base = run_dir / "reproductions" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out, i = base, 1
+    while out.exists():
+        out, i = base.with_name(f"{base.name}_{i}"), i + 1
+    return out
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def reproduce(
+    run_dir: Path, out: Path | None = None, rtol: float = 0.0, atol: float = 1e-6, quiet: bool = False
+) -> dict:
+    """Re-run ``run_dir`` into ``out``; returns {out, returncode, rows, ok, error}."""
+    run = load_run(run_dir)
+    out = Path(out).expanduser().resolve() if out else _default_out(run["dir"])
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # never over another run, nor next to a stray checkpoints/last.ckpt (the runner resumes from it)
+        raise ReproduceError(f"{out} already exists and is not empty; pick another --out")
+    config, extra_overrides, notes = build_reproduction_config(run, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{CONFIG_NAME}.yaml").write_text(_dump(config))
+    cwd = Path(run["hydra"].get("runtime", {}).get("cwd") or os.getcwd())
+    if not cwd.is_dir():
+        notes.append(f"the original working directory {cwd} is gone; running from {out}")
+        cwd = out
+    cmd = [
+        sys.executable,
+        "-m",
+        "hydrahead.train",
+        "--config-path",
+        str(out),
+        "--config-name",
+        CONFIG_NAME,
+        *extra_overrides,
+    ]
+    log_file = out / "reproduce.log"
+    if not quiet:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"reproducing {run['dir']} -> {out}", file=sys.stderr)
+    with open(log_file, "w") as log:
+        log.write("$ " + " ".join(cmd) + f"\n(cwd {cwd})\n\n")
+        log.flush()
+        proc = subprocess.run(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    result: dict = {
+        "source": str(run["dir"]),
+        "out": str(out),
+        "returncode": proc.returncode,
+        "command": cmd,
+        "cwd": str(cwd),
+        "notes": notes,
+        "rows": [],
+        "ok": False,
+        "error": None,
+    }
+    new_file = out / "metrics.json"
+    new = json.loads(new_file.read_text()) if new_file.is_file() else {}
+    if proc.returncode != 0 or new.get("status") != "completed":
+        result["error"] = new.get("error") or f"exit status {proc.returncode}; see {log_file}"
+        result["log_tail"] = _tail(log_file)
+    else:
+        result["rows"] = compare_metrics(
+            run["metrics"].get("metrics", {}), new.get("metrics", {}), rtol, atol
+        )
+        result["ok"] = bool(result["rows"]) and all(r["ok"] for r in result["rows"])
+        if not result["rows"]:
+            result["error"] = "neither run recorded any metrics"
+    (out / "reproduction.json").write_text(
+        json.dumps({k: v for k, v in result.items() if k != "log_tail"}, indent=2, default=str)
+    )
+    return result
+
+
+def _dump(config: dict) -> str:
+    import yaml
+
+    header = "# Written by hydrahead-reproduce: the saved config of the source run + its Hydra settings.\n"
+    return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hydrahead-reproduce",
+        description="Re-run a finished run from its saved config and compare its metrics with the original.",
+    )
+    parser.add_argument(
+        "run_dir", type=Path, help="a run directory (holds .hydra/config.yaml and metrics.json)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="new run directory (default: RUN_DIR/reproductions/<timestamp>)"
+    )
+    parser.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0)")
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=1e-6,
+        help="absolute tolerance (default 1e-6: absorbs float printing in JSON)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        result = reproduce(args.run_dir, args.out, rtol=args.rtol, atol=args.atol)
+    except ReproduceError as err:
+        print(f"hydrahead-reproduce: {err}", file=sys.stderr)
+        return 2
+    if result["error"]:
+        if result.get("log_tail"):
+            print(result["log_tail"], file=sys.stderr)
+        print(
+            f"hydrahead-reproduce: the re-run failed: {result['error']}\n  run dir: {result['out']}",
+            file=sys.stderr,
+        )
+        return 1
+    rows = result["rows"]
+    if result["ok"]:
+        _print_table(
+            f"reproduced: {len(rows)} metrics match (atol={args.atol}, rtol={args.rtol})", rows, False
+        )
+        print(f"new run: {result['out']}")
+        return 0
+    bad = [r for r in rows if not r["ok"]]
+    _print_table(
+        f"NOT reproduced: {len(bad)} of {len(rows)} metrics differ (atol={args.atol}, rtol={args.rtol})",
+        bad,
+        True,
+    )
+    print(f"new run: {result['out']}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
