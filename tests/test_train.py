@@ -14,6 +14,7 @@ from hydrahead.paths import head_presets
 
 FAST = [
     "backbone=tiny_bert",
+    "data=synthetic_sequences",
     "trainer.max_epochs=1",
     "++trainer.limit_train_batches=2",
     "++trainer.limit_val_batches=1",
@@ -32,6 +33,8 @@ def run_train(args: list[str], run_dir: Path, monkeypatch, multirun: bool = Fals
     from hydrahead.train import main
 
     where = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
+    latest = {arg.split("=", 1)[0]: arg for arg in args}  # a later override of a key replaces an earlier one
+    args = [arg for arg in args if latest[arg.split("=", 1)[0]] is arg]
     argv = ["hydrahead-train", *(["-m"] if multirun else []), *args, where, f"paths.root_dir={run_dir}"]
     monkeypatch.setattr(sys, "argv", argv)
     return main()
@@ -86,7 +89,7 @@ def test_run_directory_contract(tmp_path, monkeypatch):
 
 
 def test_learning_happens_on_synthetic_topics(tmp_path, monkeypatch):
-    args = ["backbone=tiny_bert", "trainer.max_epochs=6", "logger=none", "callbacks.rich_progress_bar=false",
+    args = ["backbone=tiny_bert", "data=synthetic_sequences", "trainer.max_epochs=6", "logger=none", "callbacks.rich_progress_bar=false",
             "optimizer.lr=3e-3", "optimizer.backbone_lr=3e-3", "data.num_train=256", "export=false",
             "head.pooling=mean"]
     run_train(args, tmp_path, monkeypatch)

@@ -37,10 +37,20 @@ def experiments_dir() -> Path:
 
 
 def head_presets() -> dict[str, dict]:
-    """The named head presets from ``conf/head/*.yaml``, as plain dicts."""
+    """The named head presets from ``conf/head/*.yaml`` (defaults lists merged), as plain dicts."""
     from omegaconf import OmegaConf
 
-    presets = {}
-    for path in sorted((config_dir() / "head").glob("*.yaml")):
-        presets[path.stem] = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    return presets
+    folder = config_dir() / "head"
+
+    def load(name: str):
+        node = OmegaConf.load(folder / f"{name}.yaml")
+        defaults = list(node.pop("defaults", []))
+        if "_self_" not in defaults:
+            defaults.append("_self_")
+        parts = [node if entry == "_self_" else load(entry) for entry in defaults]
+        return OmegaConf.merge(*parts)
+
+    return {
+        path.stem: OmegaConf.to_container(load(path.stem), resolve=True)
+        for path in sorted(folder.glob("*.yaml"))
+    }

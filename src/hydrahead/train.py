@@ -86,6 +86,7 @@ def _hydra_job_info() -> dict:
     overrides = hc.job.override_dirname or "defaults"
     return {
         "multirun": multirun,
+        "overrides": list(hc.overrides.task),
         "name": f"{hc.job.num}-{overrides}" if multirun else overrides,
         "sweep_id": Path(hc.sweep.dir).name if multirun else None,
     }
@@ -301,6 +302,8 @@ def train(cfg: DictConfig) -> float | None:
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seed": cfg.seed,
+        "overrides": _hydra_job_info().get("overrides", []),
     }
     try:
         validate(cfg)
