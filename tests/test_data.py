@@ -41,8 +41,14 @@ def write_jsonl(path: Path, rows: list) -> Path:
 # -- alignment -------------------------------------------------------------------------------
 def test_word_labels_go_on_the_first_subword(bert_tok):
     tokens = ["the", "cat", "quickly", "runs"]
-    enc = encode([{"tokens": tokens, "tags": ["O", "B", "X", "O"]}], bert_tok, level="token",
-                 task="multiclass", labels=["B", "O", "X"], max_length=32)
+    enc = encode(
+        [{"tokens": tokens, "tags": ["O", "B", "X", "O"]}],
+        bert_tok,
+        level="token",
+        task="multiclass",
+        labels=["B", "O", "X"],
+        max_length=32,
+    )
     feature = enc.features[0]
     pieces = bert_tok.convert_ids_to_tokens(feature["input_ids"])
     assert pieces[0] == "[CLS]" and pieces[-1] == "[SEP]"
@@ -55,16 +61,29 @@ def test_word_labels_go_on_the_first_subword(bert_tok):
 
 
 def test_label_all_subwords(bert_tok):
-    enc = encode([{"tokens": ["quickly"], "tags": ["X"]}], bert_tok, level="token", task="multiclass",
-                 labels=["X"], max_length=32, label_all_subwords=True)
+    enc = encode(
+        [{"tokens": ["quickly"], "tags": ["X"]}],
+        bert_tok,
+        level="token",
+        task="multiclass",
+        labels=["X"],
+        max_length=32,
+        label_all_subwords=True,
+    )
     labels = enc.features[0]["labels"]
     assert labels[0] == labels[-1] == IGNORE
     assert all(label == 0 for label in labels[1:-1]) and len(labels) > 3
 
 
 def test_roberta_word_alignment(roberta_tok):
-    enc = encode([{"tokens": ["the", "cat", "zzq"], "tags": ["O", "B", "O"]}], roberta_tok, level="token",
-                 task="multiclass", labels=["B", "O"], max_length=32)
+    enc = encode(
+        [{"tokens": ["the", "cat", "zzq"], "tags": ["O", "B", "O"]}],
+        roberta_tok,
+        level="token",
+        task="multiclass",
+        labels=["B", "O"],
+        max_length=32,
+    )
     pieces = roberta_tok.convert_ids_to_tokens(enc.features[0]["input_ids"])
     assert pieces[:3] == ["<s>", "Ġthe", "Ġcat"]
     assert enc.features[0]["labels"][:5] == [IGNORE, 1, 0, 1, IGNORE]  # 'Ġz' 'z' 'q' : first piece only
@@ -92,8 +111,14 @@ def test_character_spans_map_to_the_first_subword_of_the_span(bert_tok):
 
 
 def test_text_pair_gets_both_segments(bert_tok):
-    enc = encode([{"text": "the cat", "text_pair": "a dog", "label": "x"}], bert_tok, level="sequence",
-                 task="multiclass", labels=["x"], max_length=32)
+    enc = encode(
+        [{"text": "the cat", "text_pair": "a dog", "label": "x"}],
+        bert_tok,
+        level="sequence",
+        task="multiclass",
+        labels=["x"],
+        max_length=32,
+    )
     feature = enc.features[0]
     pieces = bert_tok.convert_ids_to_tokens(feature["input_ids"])
     assert pieces == ["[CLS]", "the", "cat", "[SEP]", "a", "dog", "[SEP]"]
@@ -101,16 +126,28 @@ def test_text_pair_gets_both_segments(bert_tok):
 
 
 def test_multilabel_targets_are_multi_hot(bert_tok):
-    enc = encode([{"text": "a", "label": ["y", "x"]}], bert_tok, level="sequence", task="multilabel",
-                 labels=["x", "y", "z"], max_length=8)
+    enc = encode(
+        [{"text": "a", "label": ["y", "x"]}],
+        bert_tok,
+        level="sequence",
+        task="multilabel",
+        labels=["x", "y", "z"],
+        max_length=8,
+    )
     assert enc.features[0]["labels"] == [1.0, 1.0, 0.0]
 
 
 def test_collator_pads_with_ignore(bert_tok):
     enc = encode(
-        [{"tokens": ["the", "cat"], "word_positions": [1], "labels": ["a"]},
-         {"tokens": ["a", "big", "red", "dog"], "word_positions": [0, 3], "labels": ["a", "b"]}],
-        bert_tok, level="positions", task="multiclass", labels=["a", "b"], max_length=16,
+        [
+            {"tokens": ["the", "cat"], "word_positions": [1], "labels": ["a"]},
+            {"tokens": ["a", "big", "red", "dog"], "word_positions": [0, 3], "labels": ["a", "b"]},
+        ],
+        bert_tok,
+        level="positions",
+        task="multiclass",
+        labels=["a", "b"],
+        max_length=16,
     )
     batch = Collator(bert_tok.pad_token_id, "positions", "multiclass", 2)(enc.features)
     assert batch["input_ids"].shape == (2, 6) and batch["attention_mask"][0].tolist() == [1, 1, 1, 1, 0, 0]
@@ -133,11 +170,19 @@ def test_jsonl_csv_and_parquet_read_the_same(tmp_path, bert_tok):
     (tmp_path / "d.csv").write_text("sentence,gold\nthe cat,animal\nred,color\n")
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     cfg = data_cfg(fields={"text": "sentence", "label": "gold"})
-    read = [[{k: v for k, v in e.items() if k != "_where"} for e in read_examples(tmp_path / f"d.{ext}", cfg,
-                                                                                  "multiclass")]
-            for ext in ("jsonl", "csv", "parquet")]
-    assert read[0] == read[1] == read[2] == [{"text": "the cat", "label": "animal"},
-                                             {"text": "red", "label": "color"}]
+    read = [
+        [
+            {k: v for k, v in e.items() if k != "_where"}
+            for e in read_examples(tmp_path / f"d.{ext}", cfg, "multiclass")
+        ]
+        for ext in ("jsonl", "csv", "parquet")
+    ]
+    assert (
+        read[0]
+        == read[1]
+        == read[2]
+        == [{"text": "the cat", "label": "animal"}, {"text": "red", "label": "color"}]
+    )
 
 
 def test_conll_reader(tmp_path):
@@ -146,7 +191,9 @@ def test_conll_reader(tmp_path):
     )
     examples = read_examples(tmp_path / "d.conll", data_cfg(level="token"), "multiclass")
     assert [(e["tokens"], e["tags"]) for e in examples] == [
-        (["John", "lives"], ["B-PER", "O"]), (["in", "Paris"], ["O", "B-LOC"])]
+        (["John", "lives"], ["B-PER", "O"]),
+        (["in", "Paris"], ["O", "B-LOC"]),
+    ]
     assert examples[1]["_where"].endswith("d.conll:7")
 
 
@@ -157,7 +204,9 @@ def test_conll_multilabel_tags(tmp_path):
 
 
 def test_csv_lists_and_positions(tmp_path):
-    (tmp_path / "d.csv").write_text('tokens,word_positions,labels\n"the cat runs","[1, 2]","[""a"", ""b""]"\n')
+    (tmp_path / "d.csv").write_text(
+        'tokens,word_positions,labels\n"the cat runs","[1, 2]","[""a"", ""b""]"\n'
+    )
     example = read_examples(tmp_path / "d.csv", data_cfg(level="positions"), "multiclass")[0]
     assert example["tokens"] == ["the", "cat", "runs"]
     assert example["word_positions"] == [1, 2] and example["labels"] == ["a", "b"]
@@ -178,16 +227,21 @@ BAD_ROWS = [
 
 @pytest.mark.parametrize(("level", "row", "message"), BAD_ROWS)
 def test_bad_rows_name_file_and_line(tmp_path, level, row, message):
-    good = {"sequence": {"text": "a", "label": "x"}, "token": {"tokens": ["a"], "tags": ["O"]},
-            "positions": {"tokens": ["a"], "word_positions": [0], "labels": ["x"]}}[level]
+    good = {
+        "sequence": {"text": "a", "label": "x"},
+        "token": {"tokens": ["a"], "tags": ["O"]},
+        "positions": {"tokens": ["a"], "word_positions": [0], "labels": ["x"]},
+    }[level]
     path = write_jsonl(tmp_path / "d.jsonl", [good, row, good])
     with pytest.raises(DataError, match=message):
         read_examples(path, data_cfg(level=level), "multiclass")
 
 
 def test_on_error_skip_counts_the_skipped_rows(tmp_path, caplog):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": "x"}, "{broken", {"label": "y"},
-                                              {"text": "b", "label": "y"}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"text": "a", "label": "x"}, "{broken", {"label": "y"}, {"text": "b", "label": "y"}],
+    )
     examples = read_examples(path, data_cfg(on_error="skip"), "multiclass")
     assert [e["text"] for e in examples] == ["a", "b"]
     assert "skipped 2 bad row(s)" in caplog.text
@@ -220,8 +274,9 @@ def test_multiclass_rows_with_lists_are_refused(tmp_path, bert_tok):
 def test_limits_keep_the_vocabulary_of_the_whole_train_file(tmp_path, bert_tok):
     write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}])
     write_jsonl(tmp_path / "dev.jsonl", [{"text": "b", "label": "y"}])
-    cfg = data_cfg(train_file=str(tmp_path / "train.jsonl"), validation_file=str(tmp_path / "dev.jsonl"),
-                   limit_train=1)
+    cfg = data_cfg(
+        train_file=str(tmp_path / "train.jsonl"), validation_file=str(tmp_path / "dev.jsonl"), limit_train=1
+    )
     dm = HeadDataModule(cfg, bert_tok, "multiclass").load()
     assert dm.labels == ["x", "y"] and len(dm.splits["train"].features) == 1
 
@@ -232,8 +287,9 @@ def test_tokenization_is_cached_and_invalidated(tmp_path, bert_tok, monkeypatch)
     calls = []
     real_encode = dm_module.encode
     monkeypatch.setattr(dm_module, "encode", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
-    train = write_jsonl(tmp_path / "train.jsonl", [{"text": "the cat", "label": "x"},
-                                                   {"text": "a dog", "label": "y"}])
+    train = write_jsonl(
+        tmp_path / "train.jsonl", [{"text": "the cat", "label": "x"}, {"text": "a dog", "label": "y"}]
+    )
     write_jsonl(tmp_path / "dev.jsonl", [{"text": "red", "label": "y"}])
     files = {"train_file": str(train), "validation_file": str(tmp_path / "dev.jsonl")}
 
@@ -254,8 +310,12 @@ def test_tokenization_is_cached_and_invalidated(tmp_path, bert_tok, monkeypatch)
 
 def test_dataloaders_batch_with_dynamic_padding(tmp_path, bert_tok):
     write_jsonl(tmp_path / "train.jsonl", [{"text": "the " * n, "label": "x"} for n in range(1, 9)])
-    cfg = data_cfg(train_file=str(tmp_path / "train.jsonl"), validation_file=str(tmp_path / "train.jsonl"),
-                   batch_size=4, group_by_length=True)
+    cfg = data_cfg(
+        train_file=str(tmp_path / "train.jsonl"),
+        validation_file=str(tmp_path / "train.jsonl"),
+        batch_size=4,
+        group_by_length=True,
+    )
     dm = HeadDataModule(cfg, bert_tok, "multiclass").load()
     widths = sorted(batch["input_ids"].shape[1] for batch in dm.train_dataloader())
     assert widths == [6, 10]  # grouped by length: 4 short, then 4 long (plus [CLS]/[SEP])

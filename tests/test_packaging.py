@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_wheel_carries_configs_and_experiments(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(tmp_path / "dist")],
-        check=True, capture_output=True, timeout=600,
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     wheel = next((tmp_path / "dist").glob("hydrahead-*.whl"))
     unpacked = tmp_path / "site"
@@ -26,8 +28,16 @@ def test_wheel_carries_configs_and_experiments(tmp_path):
     assert (unpacked / "hydrahead" / "conf" / "experiment" / "head_comparison.yaml").is_file()
     env = {**os.environ, "PYTHONPATH": str(unpacked), "HYDRAHEAD_ROOT": str(tmp_path / "root")}
     proc = subprocess.run(
-        [sys.executable, "-c", "import hydrahead.paths as p; print(p.__file__, p.config_dir(), p.experiments_dir())"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import hydrahead.paths as p; print(p.__file__, p.config_dir(), p.experiments_dir())",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
     )
     assert proc.stdout.split() == [
         str(unpacked / "hydrahead" / "paths.py"),
@@ -36,7 +46,11 @@ def test_wheel_carries_configs_and_experiments(tmp_path):
     ]
     proc = subprocess.run(
         [sys.executable, "-m", "hydrahead.train", "experiment=head_comparison", "--cfg", "job"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert "freeze: true" in proc.stdout

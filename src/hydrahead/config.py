@@ -39,7 +39,9 @@ class BackboneConfig:
     resize_token_embeddings: int | None = None
 
     def __post_init__(self):
-        if not isinstance(self.freeze, (bool, int)) or (not isinstance(self.freeze, bool) and self.freeze < 0):
+        if not isinstance(self.freeze, (bool, int)) or (
+            not isinstance(self.freeze, bool) and self.freeze < 0
+        ):
             raise ValueError(f"backbone.freeze={self.freeze!r} must be true, false or a non-negative int")
 
 

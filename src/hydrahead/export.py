@@ -65,7 +65,7 @@ def to_native(model):
     source = {}
     for key, value in model.state_dict().items():
         if key.startswith("backbone."):
-            source[f"{prefix}.{key[len('backbone.'):]}"] = value
+            source[f"{prefix}.{key[len('backbone.') :]}"] = value
         elif key.startswith("head.classifier."):
             source[key[len("head.") :]] = value
     # RoBERTa-style sequence heads keep the pooler's dense layer inside the classifier.

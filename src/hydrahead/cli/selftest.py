@@ -22,9 +22,7 @@ def synthetic_batch(tokenizer, task: str, level: str, generator):
     """Two padded sentences with labels (and mask_indices) of the right shape for task x level."""
     import torch
 
-    enc = tokenizer(
-        ["the big cat runs to the river", "a dog eats"], padding=True, return_tensors="pt"
-    )
+    enc = tokenizer(["the big cat runs to the river", "a dog eats"], padding=True, return_tensors="pt")
     batch = dict(enc)
     seq_len = batch["input_ids"].shape[1]
     if level == "positions":
@@ -58,8 +56,13 @@ def check_one(backbone: str, preset: str, head: dict, task: str, level: str, out
     if not torch.isfinite(out.loss):
         raise RuntimeError(f"loss is {out.loss.item()}")
     out.loss.backward()
-    silent = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith(("head.", "mix."))
-              and (p.grad is None or not p.grad.abs().sum() > 0)]
+    silent = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad
+        and n.startswith(("head.", "mix."))
+        and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
     if silent:
         raise RuntimeError(f"no gradient reached {silent}")
     model.eval()
@@ -75,14 +78,27 @@ def check_one(backbone: str, preset: str, head: dict, task: str, level: str, out
         params=sum(p.numel() for p in model.parameters()),
         loss=out.loss.item(),
         logits=logits,
-        jobs=[{"dir": export_dir, "auto_class": AUTO_CLASS_FOR_LEVEL[level], "trust_remote_code": True,
-               "inputs": export_dir / "selftest_inputs.pt", "kind": "hydrahead"}],
+        jobs=[
+            {
+                "dir": export_dir,
+                "auto_class": AUTO_CLASS_FOR_LEVEL[level],
+                "trust_remote_code": True,
+                "inputs": export_dir / "selftest_inputs.pt",
+                "kind": "hydrahead",
+            }
+        ],
     )
     if native_head_kind(model.config):
         native_dir = export_model(model, out_dir / f"{preset}-{task}-{level}-native", tokenizer, native=True)
-        row["jobs"].append({"dir": native_dir, "auto_class": AUTO_CLASS_FOR_LEVEL[level],
-                            "trust_remote_code": False, "inputs": export_dir / "selftest_inputs.pt",
-                            "kind": "native"})
+        row["jobs"].append(
+            {
+                "dir": native_dir,
+                "auto_class": AUTO_CLASS_FOR_LEVEL[level],
+                "trust_remote_code": False,
+                "inputs": export_dir / "selftest_inputs.pt",
+                "kind": "native",
+            }
+        )
     return row
 
 
@@ -104,14 +120,28 @@ def run(backbone: str, presets: list[str] | None = None, out_dir: str | None = N
         for task in TASKS:
             for level in LEVELS:
                 if head.get("level") and head["level"] != level:
-                    rows.append({"preset": preset, "task": task, "level": level, "status": "n/a",
-                                 "note": f"needs {head['level']}"})
+                    rows.append(
+                        {
+                            "preset": preset,
+                            "task": task,
+                            "level": level,
+                            "status": "n/a",
+                            "note": f"needs {head['level']}",
+                        }
+                    )
                     continue
                 try:
                     rows.append({**check_one(backbone, preset, head, task, level, root), "status": "ok"})
                 except Exception as err:  # one broken combination must not hide the others
-                    rows.append({"preset": preset, "task": task, "level": level, "status": "FAIL",
-                                 "note": f"{type(err).__name__}: {err}"})
+                    rows.append(
+                        {
+                            "preset": preset,
+                            "task": task,
+                            "level": level,
+                            "status": "FAIL",
+                            "note": f"{type(err).__name__}: {err}",
+                        }
+                    )
     jobs = [job for row in rows for job in row.get("jobs", [])]
     if jobs:
         try:
@@ -148,8 +178,12 @@ def print_table(rows: list[dict], backbone: str, seconds: float) -> None:
     for row in rows:
         status = row["status"] if "note" not in row else f"{row['status']}: {row['note']}"
         table.add_row(
-            row["preset"], row["task"], row["level"], f"{row.get('params', ''):,}" if "params" in row else "",
-            f"{row['loss']:.4f}" if "loss" in row else "", row.get("reload", ""),
+            row["preset"],
+            row["task"],
+            row["level"],
+            f"{row.get('params', ''):,}" if "params" in row else "",
+            f"{row['loss']:.4f}" if "loss" in row else "",
+            row.get("reload", ""),
             f"[{style[row['status']]}]{status}[/]",
         )
     Console().print(table)

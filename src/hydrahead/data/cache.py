@@ -30,8 +30,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     spec = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
     extra = json.dumps(
-        [type(tokenizer).__name__, getattr(tokenizer, "add_prefix_space", None), tokenizer.padding_side,
-         tokenizer.truncation_side], sort_keys=True,
+        [
+            type(tokenizer).__name__,
+            getattr(tokenizer, "add_prefix_space", None),
+            tokenizer.padding_side,
+            tokenizer.truncation_side,
+        ],
+        sort_keys=True,
     )
     return hashlib.sha256((spec + extra).encode()).hexdigest()
 

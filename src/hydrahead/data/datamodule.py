@@ -97,8 +97,14 @@ class HeadDataModule(L.LightningDataModule):
     ``cache_dir``, tokenized splits of file-based data are cached (see ``hydrahead.data.cache``).
     """
 
-    def __init__(self, data_cfg, tokenizer, task: str, labels: list[str] | None = None,
-                 cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        data_cfg,
+        tokenizer,
+        task: str,
+        labels: list[str] | None = None,
+        cache_dir: str | Path | None = None,
+    ):
         super().__init__()
         self.cfg = data_cfg
         self.tokenizer = tokenizer
@@ -133,18 +139,33 @@ class HeadDataModule(L.LightningDataModule):
         files = self.files()
         if self.cache_dir is None or not files or self.cfg.hf_name:
             return None
-        options = OmegaConf.to_container(self.cfg, resolve=True) if OmegaConf.is_config(self.cfg) else dict(self.cfg)
-        for key in ("batch_size", "eval_batch_size", "num_workers", "group_by_length", "train_file",
-                    "validation_file", "test_file", "seed", "prepare"):
+        options = (
+            OmegaConf.to_container(self.cfg, resolve=True)
+            if OmegaConf.is_config(self.cfg)
+            else dict(self.cfg)
+        )
+        for key in (
+            "batch_size",
+            "eval_batch_size",
+            "num_workers",
+            "group_by_length",
+            "train_file",
+            "validation_file",
+            "test_file",
+            "seed",
+            "prepare",
+        ):
             options.pop(key, None)
-        return cache.cache_key({
-            "files": {split: cache.file_digest(path) for split, path in files.items() if path.is_file()},
-            "tokenizer": cache.tokenizer_fingerprint(self.tokenizer),
-            "labels": self.labels,
-            "task": self.task,
-            "options": options,
-            "version": 1,
-        })
+        return cache.cache_key(
+            {
+                "files": {split: cache.file_digest(path) for split, path in files.items() if path.is_file()},
+                "tokenizer": cache.tokenizer_fingerprint(self.tokenizer),
+                "labels": self.labels,
+                "task": self.task,
+                "options": options,
+                "version": 1,
+            }
+        )
 
     def load(self) -> HeadDataModule:
         """Read, build the label vocabulary (unless given, e.g. on resume) and encode all splits."""
@@ -169,20 +190,31 @@ class HeadDataModule(L.LightningDataModule):
             log.info("tokenized %s from the cache (%s)", self.cfg.name, key)
             return self
         self.cache_hit = False if key else None
-        limits = {"train": self.cfg.limit_train, "validation": self.cfg.limit_validation,
-                  "test": self.cfg.limit_test}
+        limits = {
+            "train": self.cfg.limit_train,
+            "validation": self.cfg.limit_validation,
+            "test": self.cfg.limit_test,
+        }
         for split, examples in raw.items():
             if not examples:
                 continue
             encoded = encode(
-                examples[: limits[split]], self.tokenizer, level=self.level, task=self.task, labels=self.labels,
-                max_length=self.cfg.max_length, source=f"{self.cfg.name}/{split}",
+                examples[: limits[split]],
+                self.tokenizer,
+                level=self.level,
+                task=self.task,
+                labels=self.labels,
+                max_length=self.cfg.max_length,
+                source=f"{self.cfg.name}/{split}",
                 label_all_subwords=self.cfg.label_all_subwords,
             )
             if encoded.dropped_positions:
                 log.warning(
                     "%s/%s: %d of %d positions fall outside max_length=%d and were dropped",
-                    self.cfg.name, split, encoded.dropped_positions, encoded.total_positions,
+                    self.cfg.name,
+                    split,
+                    encoded.dropped_positions,
+                    encoded.total_positions,
                     self.cfg.max_length,
                 )
             self.splits[split] = encoded
@@ -203,8 +235,11 @@ class HeadDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         features = self.splits[split].features
         batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
-        common = dict(collate_fn=self._collator(), num_workers=self.cfg.num_workers,
-                      persistent_workers=self.cfg.num_workers > 0)
+        common = dict(
+            collate_fn=self._collator(),
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
         if train:
             sampler = EpochBatchSampler(
                 [len(f["input_ids"]) for f in features], batch_size, self.cfg.seed, self.cfg.group_by_length

@@ -92,9 +92,7 @@ def encode(
     for line, example in enumerate(examples, start=1):
         where = example.get("_where", f"{source}:{line}")
         if level == "sequence":
-            enc = tokenizer(
-                example["text"], example.get("text_pair"), truncation=True, max_length=max_length
-            )
+            enc = tokenizer(example["text"], example.get("text_pair"), truncation=True, max_length=max_length)
             feature = {key: list(value) for key, value in enc.items()}
             feature["labels"] = target(example["label"], where)
         elif "spans" in example:  # positions given as character spans of a text
@@ -103,9 +101,7 @@ def encode(
             mask_indices, aligned = [], []
             for (start, end), value in zip(example["spans"], example["labels"]):
                 out.total_positions += 1
-                token = next(
-                    (t for c in range(start, end) if (t := enc.char_to_token(c)) is not None), None
-                )
+                token = next((t for c in range(start, end) if (t := enc.char_to_token(c)) is not None), None)
                 if token is None:  # truncated away (or only whitespace)
                     out.dropped_positions += 1
                     continue

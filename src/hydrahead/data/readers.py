@@ -24,10 +24,18 @@ from .encode import DataError
 log = logging.getLogger(__name__)
 
 EXTENSIONS = {
-    ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
-    ".csv": "csv", ".tsv": "csv",
-    ".parquet": "parquet", ".pq": "parquet",
-    ".conll": "conll", ".conllu": "conll", ".bio": "conll", ".iob": "conll", ".txt": "conll",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".conll": "conll",
+    ".conllu": "conll",
+    ".bio": "conll",
+    ".iob": "conll",
+    ".txt": "conll",
 }
 FORMATS = ("auto", "jsonl", "csv", "parquet", "conll")
 
@@ -95,7 +103,10 @@ def _conll_rows(path: Path):
                 tokens, tags, start = [], [], None
                 continue
             if len(parts) < 2:
-                yield line, DataError(f"{path}:{line}: a CoNLL line needs a token and a tag, got {text.strip()!r}")
+                yield (
+                    line,
+                    DataError(f"{path}:{line}: a CoNLL line needs a token and a tag, got {text.strip()!r}"),
+                )
                 tokens, tags, start = [], [], None
                 continue
             start = start or line
@@ -127,6 +138,7 @@ def _example(row: dict, where: str, data_cfg, task: str) -> dict:
     f = data_cfg.fields
     level = data_cfg.level
     multilabel = task == "multilabel"
+
     def field(key: str, config_key: str, optional: bool = False):
         if key not in row or row[key] is None or row[key] == "":
             if optional:
@@ -163,8 +175,11 @@ def _example(row: dict, where: str, data_cfg, task: str) -> dict:
             text = str(field(f.text, "text"))
             spans = _as_list(row[f.spans], where, f.spans)
             for span in spans:
-                if (not isinstance(span, (list, tuple)) or len(span) != 2
-                        or not 0 <= int(span[0]) < int(span[1]) <= len(text)):
+                if (
+                    not isinstance(span, (list, tuple))
+                    or len(span) != 2
+                    or not 0 <= int(span[0]) < int(span[1]) <= len(text)
+                ):
                     raise DataError(
                         f"{where}: span {span!r} is not a [start, end) pair inside the "
                         f"{len(text)}-character text"
@@ -173,8 +188,9 @@ def _example(row: dict, where: str, data_cfg, task: str) -> dict:
             count = len(spans)
         else:
             tokens = [str(t) for t in _as_list(field(f.tokens, "tokens"), where, f.tokens)]
-            positions = [int(p) for p in _as_list(field(f.word_positions, "word_positions"), where,
-                                                  f.word_positions)]
+            positions = [
+                int(p) for p in _as_list(field(f.word_positions, "word_positions"), where, f.word_positions)
+            ]
             bad = [p for p in positions if not 0 <= p < len(tokens)]
             if bad:
                 raise DataError(f"{where}: word position(s) {bad} outside the {len(tokens)} tokens")
@@ -205,7 +221,9 @@ def read_examples(path: str | Path, data_cfg, task: str) -> list[dict]:
                 raise
             skipped.append(str(err))
     if skipped:
-        log.warning("%s: skipped %d bad row(s) (data.on_error=skip); first: %s", path, len(skipped), skipped[0])
+        log.warning(
+            "%s: skipped %d bad row(s) (data.on_error=skip); first: %s", path, len(skipped), skipped[0]
+        )
     if not examples:
         raise DataError(f"{path}: no examples (the file is empty)")
     return examples

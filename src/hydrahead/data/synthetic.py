@@ -10,14 +10,14 @@ from __future__ import annotations
 import random
 
 CATEGORIES = {
-    "animal": "cat dog bird fish horse cow lion tiger mouse snake".split(),
-    "color": "red green blue black white yellow".split(),
-    "place": "paris london berlin city river road house".split(),
-    "food": "apple banana food water".split(),
+    "animal": ["cat", "dog", "bird", "fish", "horse", "cow", "lion", "tiger", "mouse", "snake"],
+    "color": ["red", "green", "blue", "black", "white", "yellow"],
+    "place": ["paris", "london", "berlin", "city", "river", "road", "house"],
+    "food": ["apple", "banana", "food", "water"],
 }
 FILLER = (
-    "the a and of to in on at with is was big small old new good bad happy sad fast slow "
-    "run walk jump eat see make go come say"
+    "the a and of to in on at with is was big small old new good bad happy sad fast slow run walk "
+    "jump eat see make go come say"
 ).split()
 CATEGORY_OF = {word: name for name, words in CATEGORIES.items() for word in words}
 SPLIT_OFFSETS = {"train": 0, "validation": 1_000_003, "test": 2_000_003}

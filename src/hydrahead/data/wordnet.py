@@ -43,14 +43,51 @@ FILES = (*(f"{split}.jsonl" for split in SPLITS), "stats.json")
 
 # lexnames(5WN): the lexicographer files by number (Debian ships no `lexnames` file).
 LEXNAMES = (
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
-    "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling",
-    "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object", "noun.person",
-    "noun.phenomenon", "noun.plant", "noun.possession", "noun.process", "noun.quantity", "noun.relation",
-    "noun.shape", "noun.state", "noun.substance", "noun.time", "verb.body", "verb.change",
-    "verb.cognition", "verb.communication", "verb.competition", "verb.consumption", "verb.contact",
-    "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession", "verb.social",
-    "verb.stative", "verb.weather", "adj.ppl",
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
 )
 POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 DICT_FILES = (
@@ -62,10 +99,26 @@ REQUIRED = tuple(f"data.{name}" for name in POS_FILES.values())
 
 # WordNet's morphy detachment rules, per part of speech (suffix, replacement).
 RULES = {
-    "n": (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
-          ("men", "man"), ("ies", "y")),
-    "v": (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"),
-          ("ing", "")),
+    "n": (
+        ("s", ""),
+        ("ses", "s"),
+        ("xes", "x"),
+        ("zes", "z"),
+        ("ches", "ch"),
+        ("shes", "sh"),
+        ("men", "man"),
+        ("ies", "y"),
+    ),
+    "v": (
+        ("s", ""),
+        ("ies", "y"),
+        ("es", "e"),
+        ("es", ""),
+        ("ed", "e"),
+        ("ed", ""),
+        ("ing", "e"),
+        ("ing", ""),
+    ),
     "a": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
     "r": (),
 }
@@ -116,8 +169,11 @@ class DirSource(Source):
         self.description = f"{kind} {self.path}"
 
     def read(self) -> dict[str, str]:
-        return {name: _decode((self.path / name).read_bytes()) for name in DICT_FILES
-                if (self.path / name).is_file()}
+        return {
+            name: _decode((self.path / name).read_bytes())
+            for name in DICT_FILES
+            if (self.path / name).is_file()
+        }
 
 
 class TarSource(Source):
@@ -134,7 +190,7 @@ class TarSource(Source):
             for member in tar:
                 if not member.isfile() or not member.name.startswith(self.prefix):
                     continue
-                name = member.name[len(self.prefix):]
+                name = member.name[len(self.prefix) :]
                 if name in DICT_FILES:
                     files[name] = _decode(tar.extractfile(member).read())
         return files
@@ -149,8 +205,11 @@ class ZipSource(Source):
     def read(self) -> dict[str, str]:
         with zipfile.ZipFile(self.path) as archive:
             names = set(archive.namelist())
-            return {name: _decode(archive.read(self.prefix + name)) for name in DICT_FILES
-                    if self.prefix + name in names}
+            return {
+                name: _decode(archive.read(self.prefix + name))
+                for name in DICT_FILES
+                if self.prefix + name in names
+            }
 
 
 def _dict_dir(path: Path) -> Path | None:
@@ -210,10 +269,20 @@ def nltk_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get("NLTK_DATA", "").split(os.pathsep) if p]
     dirs.append(Path.home() / "nltk_data")
     for prefix in (sys.prefix, getattr(sys, "base_prefix", sys.prefix)):
-        dirs += [Path(prefix) / "nltk_data", Path(prefix) / "share" / "nltk_data",
-                 Path(prefix) / "lib" / "nltk_data"]
-    dirs += [Path(p) for p in ("/usr/share/nltk_data", "/usr/local/share/nltk_data",
-                               "/usr/lib/nltk_data", "/usr/local/lib/nltk_data")]
+        dirs += [
+            Path(prefix) / "nltk_data",
+            Path(prefix) / "share" / "nltk_data",
+            Path(prefix) / "lib" / "nltk_data",
+        ]
+    dirs += [
+        Path(p)
+        for p in (
+            "/usr/share/nltk_data",
+            "/usr/local/share/nltk_data",
+            "/usr/lib/nltk_data",
+            "/usr/local/lib/nltk_data",
+        )
+    ]
     seen, unique = set(), []
     for d in dirs:
         if d not in seen:
@@ -437,8 +506,21 @@ def _parse_fields(parts: list[str], gloss: str, pos: str, lexnames: list[str]) -
         raise ValueError(f"{len(parts) - i} unexpected field(s) before the gloss")
     lexname = lexnames[lex_filenum] if lex_filenum < len(lexnames) else f"lex.{lex_filenum:02d}"
     definition, examples = split_gloss(gloss)
-    return Synset(offset, lex_filenum, lexname, pos, ss_type, words, lex_ids, markers, pointers, frames,
-                  gloss.strip(), definition, examples)
+    return Synset(
+        offset,
+        lex_filenum,
+        lexname,
+        pos,
+        ss_type,
+        words,
+        lex_ids,
+        markers,
+        pointers,
+        frames,
+        gloss.strip(),
+        definition,
+        examples,
+    )
 
 
 SS_TYPE_NUMBERS = {"n": 1, "v": 2, "a": 3, "r": 4, "s": 5}
@@ -458,8 +540,10 @@ def assign_sense_keys(synsets: list[Synset]) -> None:
             target = next((heads.get(p[1]) for p in synset.pointers if p[0] == "&" and p[2] == "a"), None)
             if target is not None and target.words:
                 head = f"{target.words[0].lower()}:{target.lex_ids[0]:02d}"
-        synset.sense_key = (f"{synset.words[0].lower()}%{SS_TYPE_NUMBERS.get(synset.ss_type, 0)}:"
-                            f"{synset.lex_filenum:02d}:{synset.lex_ids[0]:02d}:{head}")
+        synset.sense_key = (
+            f"{synset.words[0].lower()}%{SS_TYPE_NUMBERS.get(synset.ss_type, 0)}:"
+            f"{synset.lex_filenum:02d}:{synset.lex_ids[0]:02d}:{head}"
+        )
         if not head:
             synset.sense_key += ":"
 
@@ -524,9 +608,14 @@ def base_forms(token: str, pos: str, exceptions: dict[str, list[str]]) -> set[st
     return forms
 
 
-def find_words(tokens: list[str], lemmas: Iterable[str], pos: str,
-               exceptions: dict[str, list[str]], max_gap: int = 3,
-               cache: dict | None = None) -> list[tuple[int, int]]:
+def find_words(
+    tokens: list[str],
+    lemmas: Iterable[str],
+    pos: str,
+    exceptions: dict[str, list[str]],
+    max_gap: int = 3,
+    cache: dict | None = None,
+) -> list[tuple[int, int]]:
     """Non-overlapping (start, length) occurrences of any lemma in ``tokens``.
 
     Case-insensitive, and every word of a lemma may be inflected (``took a breath`` for
@@ -544,6 +633,7 @@ def find_words(tokens: list[str], lemmas: Iterable[str], pos: str,
     wanted = sorted((w for w in wanted if w), key=lambda words: (-len(words), words))
     if not wanted or not tokens:
         return []
+
     def forms_of(token: str) -> set[str]:
         if cache is None:
             return base_forms(token, pos, exceptions)
@@ -664,9 +754,16 @@ def build_examples_and_tagging(wn: WordNet) -> tuple[Dataset, Dataset]:
                 continue
             key = f"{synset.uid}#{index}"
             starts = [start for start, _ in matches]
-            positions[split].append((key, {
-                "tokens": tokens, "word_positions": starts, "labels": [synset.lexname] * len(starts),
-            }))
+            positions[split].append(
+                (
+                    key,
+                    {
+                        "tokens": tokens,
+                        "word_positions": starts,
+                        "labels": [synset.lexname] * len(starts),
+                    },
+                )
+            )
             tags = ["O"] * len(tokens)
             for start, length in matches:
                 tags[start] = f"B-{synset.lexname}"
@@ -674,8 +771,13 @@ def build_examples_and_tagging(wn: WordNet) -> tuple[Dataset, Dataset]:
                     tags[j] = f"I-{synset.lexname}"
             tagging[split].append((key, {"tokens": tokens, "tags": tags}))
     return (
-        Dataset("wordnet_examples", "positions", "multiclass", {s: _order(r) for s, r in positions.items()},
-                dict(dropped)),
+        Dataset(
+            "wordnet_examples",
+            "positions",
+            "multiclass",
+            {s: _order(r) for s, r in positions.items()},
+            dict(dropped),
+        ),
         Dataset("wordnet_tagging", "token", "bio", {s: _order(r) for s, r in tagging.items()}, dict(dropped)),
     )
 
@@ -748,8 +850,10 @@ def dataset_stats(dataset: Dataset, source: str) -> dict:
     splits = {}
     train = split_stats(dataset, dataset.splits["train"])
     for split in SPLITS:
-        splits[split] = train if split == "train" else split_stats(
-            dataset, dataset.splits[split], train_majority=train["majority_class"]
+        splits[split] = (
+            train
+            if split == "train"
+            else split_stats(dataset, dataset.splits[split], train_majority=train["majority_class"])
         )
     labels = set()
     for split in SPLITS:
@@ -764,8 +868,11 @@ def dataset_stats(dataset: Dataset, source: str) -> dict:
         for split in SPLITS:
             splits[split]["dropped_examples"] = dataset.dropped[split]
         kept = sum(len(dataset.splits[s]) for s in SPLITS)
-        stats["dropped_fraction"] = round(stats["dropped_examples"] / (kept + stats["dropped_examples"]), 6) \
-            if kept + stats["dropped_examples"] else 0.0
+        stats["dropped_fraction"] = (
+            round(stats["dropped_examples"] / (kept + stats["dropped_examples"]), 6)
+            if kept + stats["dropped_examples"]
+            else 0.0
+        )
     stats["splits"] = splits
     return stats
 

@@ -56,8 +56,7 @@ def resolve_layers(spec, num_layers: int) -> list[int]:
             indices = list(range(count))[slice(lo, hi)]
             if not indices:
                 raise ValueError(
-                    f"head.layer={spec!r} selects no layer of this backbone "
-                    f"({num_layers} layers); {valid}"
+                    f"head.layer={spec!r} selects no layer of this backbone ({num_layers} layers); {valid}"
                 )
             return indices
         try:
@@ -154,9 +153,7 @@ class HydraHeadConfig(PretrainedConfig):
                 self.backbone_layers = backbone_config.num_hidden_layers
             layers = resolve_layers(self.head["layer"], self.backbone_layers)
             if not isinstance(freeze, bool) and freeze > self.backbone_layers:
-                raise ValueError(
-                    f"freeze={freeze} exceeds the backbone's {self.backbone_layers} layers"
-                )
+                raise ValueError(f"freeze={freeze} exceeds the backbone's {self.backbone_layers} layers")
             # Layers above the highest one read are never computed: drop them from the encoder.
             # Keep at least one block: with zero, encoders return no hidden_states at all (so
             # even the embedding output, index 0, is lost) and some (DeBERTa) fail outright.

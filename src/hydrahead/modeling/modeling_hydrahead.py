@@ -57,9 +57,9 @@ def find_layer_list(backbone: nn.Module) -> nn.ModuleList | None:
     """The encoder's stack of transformer blocks (``encoder.layer``, ``transformer.layer``, ...)."""
     best = None
     for name, module in backbone.named_modules():
-        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layer", "layers"):
-            if best is None or len(module) > len(best):
-                best = module
+        is_stack = isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layer", "layers")
+        if is_stack and (best is None or len(module) > len(best)):
+            best = module
     return best
 
 
@@ -110,12 +110,11 @@ class HydraHeadModel(HydraHeadPreTrainedModel):
         head = config.head
         self.layer_indices = config.layers
         hidden = config.backbone_config.hidden_size
-        if head["pooling"] == "pooler" and config.level == "sequence":
-            if getattr(backbone, "pooler", None) is None:
-                raise ValueError(
-                    f"head.pooling='pooler' but {type(backbone).__name__} has no pooler; "
-                    "use cls, mean or max"
-                )
+        needs_pooler = head["pooling"] == "pooler" and config.level == "sequence"
+        if needs_pooler and getattr(backbone, "pooler", None) is None:
+            raise ValueError(
+                f"head.pooling='pooler' but {type(backbone).__name__} has no pooler; use cls, mean or max"
+            )
         if len(self.layer_indices) > 1 and head["combine"] == "scalar_mix":
             self.mix = ScalarMix(len(self.layer_indices))
             in_features = hidden
@@ -221,7 +220,11 @@ class HydraHeadModel(HydraHeadPreTrainedModel):
             raise ValueError("forward needs input_ids (or inputs_embeds)")
         seq_len = reference.shape[1]
         self._check_mask_indices(mask_indices, reference.shape[0], seq_len)
-        backbone_inputs = {"attention_mask": attention_mask, "output_hidden_states": True, "return_dict": True}
+        backbone_inputs = {
+            "attention_mask": attention_mask,
+            "output_hidden_states": True,
+            "return_dict": True,
+        }
         if input_ids is not None:
             backbone_inputs["input_ids"] = input_ids
         else:

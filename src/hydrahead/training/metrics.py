@@ -27,8 +27,12 @@ def build_metrics(task: str, num_labels: int, threshold: float = 0.5) -> MetricC
         )
     return MetricCollection(
         {
-            "f1_micro": MultilabelF1Score(num_labels, threshold=threshold, average="micro", ignore_index=IGNORE),
-            "f1_macro": MultilabelF1Score(num_labels, threshold=threshold, average="macro", ignore_index=IGNORE),
+            "f1_micro": MultilabelF1Score(
+                num_labels, threshold=threshold, average="micro", ignore_index=IGNORE
+            ),
+            "f1_macro": MultilabelF1Score(
+                num_labels, threshold=threshold, average="macro", ignore_index=IGNORE
+            ),
             "auroc_macro": MultilabelAUROC(num_labels, average="macro", ignore_index=IGNORE),
             "map_macro": MultilabelAveragePrecision(num_labels, average="macro", ignore_index=IGNORE),
         }
@@ -60,8 +64,10 @@ def is_bio(labels: list[str]) -> bool:
     """True when every label is O, B-<type> or I-<type> (a BIO tagging scheme)."""
     import re
 
-    return bool(labels) and all(re.match(BIO_PATTERN, name) for name in labels) and any(
-        name != "O" for name in labels
+    return (
+        bool(labels)
+        and all(re.match(BIO_PATTERN, name) for name in labels)
+        and any(name != "O" for name in labels)
     )
 
 
@@ -102,6 +108,9 @@ class EntityMetrics(Metric):
         kwargs = {"mode": "strict", "scheme": IOB2} if self.strict else {}
         return {
             name: torch.tensor(fn(y_true, y_pred, zero_division=0, **kwargs), dtype=torch.float)
-            for name, fn in (("entity_precision", precision_score), ("entity_recall", recall_score),
-                             ("entity_f1", f1_score))
+            for name, fn in (
+                ("entity_precision", precision_score),
+                ("entity_recall", recall_score),
+                ("entity_f1", f1_score),
+            )
         }

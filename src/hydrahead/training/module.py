@@ -21,8 +21,12 @@ def parameter_groups(model, lr: float, backbone_lr: float | None, weight_decay: 
         groups.setdefault((part, no_decay), []).append(param)
     rates = {"head": lr, "backbone": backbone_lr or lr}
     return [
-        {"params": params, "lr": rates[part], "weight_decay": 0.0 if no_decay else weight_decay,
-         "name": f"{part}{'_no_decay' if no_decay else ''}"}
+        {
+            "params": params,
+            "lr": rates[part],
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "name": f"{part}{'_no_decay' if no_decay else ''}",
+        }
         for (part, no_decay), params in sorted(groups.items())
     ]
 
@@ -119,7 +123,9 @@ class HeadModule(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         names = {"linear_warmup": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
         scheduler = get_scheduler(
-            names[sched["name"]], optimizer,
-            num_warmup_steps=int(sched["warmup_ratio"] * total), num_training_steps=total,
+            names[sched["name"]],
+            optimizer,
+            num_warmup_steps=int(sched["warmup_ratio"] * total),
+            num_training_steps=total,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
