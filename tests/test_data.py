@@ -345,3 +345,14 @@ def test_entity_metrics_match_seqeval():
     result = metric.compute()
     assert result["entity_f1"].item() == pytest.approx(f1_score(gold, pred))
     assert result["entity_precision"].item() == pytest.approx(0.5)
+
+
+def test_tokenizer_fingerprint_survives_use(bert_tok):
+    from hydrahead.backbones import tiny_tokenizer
+    from hydrahead.data.cache import tokenizer_fingerprint
+
+    fresh = tiny_tokenizer("bert")
+    before = tokenizer_fingerprint(fresh)
+    fresh("the cat", truncation=True, max_length=4)
+    assert tokenizer_fingerprint(fresh) == before
+    assert tokenizer_fingerprint(tiny_tokenizer("roberta")) != before

@@ -37,8 +37,19 @@ class BackboneConfig:
     attn_implementation: str | None = None
     """eager, sdpa or flash_attention_2; null: the backbone's default."""
     resize_token_embeddings: int | None = None
+    cache: str = "auto"
+    """Frozen-backbone feature cache: auto (on when backbone.freeze=true), on, or off."""
+    cache_layers: str = "read"
+    """read: cache only the layers the head reads; computed: every layer up to the highest read."""
+    cache_dtype: str = "float32"
+    """Storage dtype of cached features: float32, float16 or bfloat16."""
+    compile: bool = False
+    """torch.compile the backbone (fine-tuning on GPU)."""
 
     def __post_init__(self):
+        _choice("backbone.cache", self.cache, ("auto", "on", "off"))
+        _choice("backbone.cache_layers", self.cache_layers, ("read", "computed"))
+        _choice("backbone.cache_dtype", self.cache_dtype, ("float32", "float16", "bfloat16"))
         if not isinstance(self.freeze, (bool, int)) or (
             not isinstance(self.freeze, bool) and self.freeze < 0
         ):

@@ -241,6 +241,9 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
     )
     params_total = sum(p.numel() for p in model.parameters())
     params_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    training_data, feature_cache = cached_features(cfg, model, datamodule)
+    if bb.compile and feature_cache == "off":
+        model.backbone.compile()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["labels"] = datamodule.labels
     module = HeadModule(model, resolved)
@@ -260,14 +263,14 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         enable_progress_bar=cfg.callbacks.rich_progress_bar,
         enable_model_summary=False,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=training_data, ckpt_path=ckpt_path)
     best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = "best" if best_path else None
     metrics = {}
     for stage, run in (("validate", trainer.validate), ("test", trainer.test)):
         if stage == "test" and not datamodule.has_test:
             continue
-        for result in run(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
+        for result in run(module, datamodule=training_data, ckpt_path=ckpt, verbose=False):
             metrics.update({k: float(v) for k, v in result.items()})
     if cfg.export:
         export_model(module.model, run_dir / "model", tokenizer)
@@ -284,7 +287,46 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         "params_trainable": params_trainable,
         "params_total": params_total,
         "labels": datamodule.labels,
+        "feature_cache": feature_cache,
     }
+
+
+def cached_features(cfg: DictConfig, model, datamodule):
+    """The data to train on: cached features of a frozen backbone when valid, else the token batches.
+
+    Returns (datamodule, how: "hit" | "computed" | "off (why)").
+    """
+    import torch
+
+    from hydrahead.features import feature_datamodule, load_features, use_cache, weights_source
+
+    use, why = use_cache(cfg.backbone.cache, cfg.backbone.freeze)
+    if not use:
+        log.info("feature cache %s", why)
+        return datamodule, why
+    precision = str(cfg.trainer.precision)
+    autocast = torch.bfloat16 if precision.startswith("bf16") else None
+    accelerator = str(cfg.trainer.accelerator)
+    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if on_gpu:
+        model.cuda()
+    try:
+        splits, status = load_features(
+            model,
+            datamodule,
+            cfg.paths.cache_dir,
+            key_parts={
+                "weights": weights_source(cfg.backbone, model, cfg.seed),
+                "data": datamodule.data_key(),
+            },
+            store_layers=cfg.backbone.cache_layers,
+            dtype=cfg.backbone.cache_dtype,
+            autocast_dtype=autocast,
+        )
+    finally:
+        if on_gpu:
+            model.cpu()
+    return feature_datamodule(datamodule, splits), status
 
 
 def _head_spec(cfg: DictConfig) -> dict:

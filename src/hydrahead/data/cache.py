@@ -27,8 +27,19 @@ def file_digest(path: str | Path) -> str:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
+    """A digest of everything that decides how the tokenizer splits text.
+
+    Truncation and padding state is left out: a fast tokenizer records the last call's settings
+    in its serialized form, which would give one tokenizer a new fingerprint after its first use.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    spec = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        spec = json.dumps(spec, sort_keys=True)
+    else:
+        spec = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     extra = json.dumps(
         [
             type(tokenizer).__name__,

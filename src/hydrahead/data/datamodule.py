@@ -167,6 +167,25 @@ class HeadDataModule(L.LightningDataModule):
             }
         )
 
+    def data_key(self) -> str:
+        """What determines the encoded splits: file content (or generator settings), tokenizer, options."""
+        file_key = self._cache_key()
+        if file_key:
+            return file_key
+        options = (
+            OmegaConf.to_container(self.cfg, resolve=True)
+            if OmegaConf.is_config(self.cfg)
+            else dict(self.cfg)
+        )
+        return cache.cache_key(
+            {
+                "options": options,
+                "tokenizer": cache.tokenizer_fingerprint(self.tokenizer),
+                "labels": self.labels,
+                "task": self.task,
+            }
+        )
+
     def load(self) -> HeadDataModule:
         """Read, build the label vocabulary (unless given, e.g. on resume) and encode all splits."""
         if self.splits:
@@ -235,7 +254,10 @@ class HeadDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         features = self.splits[split].features
         batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
+        # An own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
+        # which shifts every dropout mask after it (and would set token batches apart from cached ones).
         common = dict(
+            generator=torch.Generator().manual_seed(self.cfg.seed),
             collate_fn=self._collator(),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,

@@ -28,12 +28,10 @@ class ScalarMix(nn.Module):
         self.weights = nn.Parameter(torch.zeros(num_layers))
         self.gamma = nn.Parameter(torch.ones(1))
 
-    def forward(self, layers: list[torch.Tensor]) -> torch.Tensor:
-        weights = torch.softmax(self.weights, dim=0).to(layers[0].dtype)
-        mixed = weights[0] * layers[0]
-        for weight, layer in zip(weights[1:], layers[1:]):
-            mixed = mixed + weight * layer
-        return self.gamma.to(mixed.dtype) * mixed
+    def forward(self, layers: torch.Tensor) -> torch.Tensor:
+        """Mix ``layers`` [..., L, H] over the layer dimension into [..., H]."""
+        weights = torch.softmax(self.weights, dim=0).to(layers.dtype)
+        return self.gamma.to(layers.dtype) * torch.einsum("...lh,l->...h", layers, weights)
 
 
 class ClassifierHead(nn.Module):
@@ -176,32 +174,43 @@ class HydraHeadModel(HydraHeadPreTrainedModel):
         return self
 
     # -- forward ------------------------------------------------------------------------------
-    def select_layers(self, hidden_states) -> torch.Tensor:
-        """The head's input per token, [B, T, H'], from the backbone's ``hidden_states`` tuple."""
-        chosen = [hidden_states[i] for i in self.layer_indices]
-        if self.mix is not None:
-            return self.mix(chosen)
-        return chosen[0] if len(chosen) == 1 else torch.cat(chosen, dim=-1)
-
-    def represent(self, tokens: torch.Tensor, attention_mask, mask_indices) -> torch.Tensor:
-        """Per token [B, T, H], pooled [B, H], or gathered at ``mask_indices`` [B, M, H]."""
+    def _represent(self, hidden: torch.Tensor, attention_mask, mask_indices) -> torch.Tensor:
+        """One layer's [B, T, H] as per token [B, T, H], pooled [B, H] or gathered [B, M, H]."""
         level = self.config.level
         if level == "token":
-            return tokens
+            return hidden
         if level == "positions":
-            batch = torch.arange(tokens.size(0), device=tokens.device).unsqueeze(1)
-            return tokens[batch, mask_indices]
+            batch = torch.arange(hidden.size(0), device=hidden.device).unsqueeze(1)
+            return hidden[batch, mask_indices]
         pooling = self.config.head["pooling"]
-        if pooling == "cls":
-            return tokens[:, 0]
-        if pooling == "pooler":
-            return self.backbone.pooler(tokens)
+        if pooling in ("cls", "pooler"):  # the pooler itself runs after the layers are combined
+            return hidden[:, 0]
         if attention_mask is None:
-            attention_mask = torch.ones(tokens.shape[:2], device=tokens.device)
-        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            attention_mask = torch.ones(hidden.shape[:2], device=hidden.device)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         if pooling == "mean":
-            return (tokens * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return tokens.masked_fill(mask == 0, torch.finfo(tokens.dtype).min).max(dim=1).values
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
+
+    def layer_features(
+        self, hidden_states, attention_mask=None, mask_indices=None, layers=None
+    ) -> torch.Tensor:
+        """Each read layer's representation, stacked: [B, L, H], [B, T, L, H] or [B, M, L, H].
+
+        Pooling and gathering are per layer, before the layers are combined: for cls, mean and
+        gather that equals combining first (they are linear); max pooling pools each layer.
+        What this returns is what a frozen backbone's feature cache stores.
+        """
+        indices = self.layer_indices if layers is None else layers
+        reps = [self._represent(hidden_states[i], attention_mask, mask_indices) for i in indices]
+        return torch.stack(reps, dim=-2)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from per-layer features [..., L, H]: combine layers, (pooler), dropout, MLP, Linear."""
+        combined = self.mix(features) if self.mix is not None else features.flatten(-2)
+        if self.config.level == "sequence" and self.config.head["pooling"] == "pooler":
+            combined = self.backbone.pooler(combined.unsqueeze(1))
+        return self.head(combined.to(self.head.classifier.weight.dtype))
 
     def forward(
         self,
@@ -213,30 +222,31 @@ class HydraHeadModel(HydraHeadPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        features: torch.Tensor | None = None,
         **kwargs,
     ):
-        reference = input_ids if input_ids is not None else inputs_embeds
-        if reference is None:
-            raise ValueError("forward needs input_ids (or inputs_embeds)")
-        seq_len = reference.shape[1]
-        self._check_mask_indices(mask_indices, reference.shape[0], seq_len)
-        backbone_inputs = {
-            "attention_mask": attention_mask,
-            "output_hidden_states": True,
-            "return_dict": True,
-        }
-        if input_ids is not None:
-            backbone_inputs["input_ids"] = input_ids
-        else:
-            backbone_inputs["inputs_embeds"] = inputs_embeds
-        if token_type_ids is not None:
-            backbone_inputs["token_type_ids"] = token_type_ids
-        if position_ids is not None:
-            backbone_inputs["position_ids"] = position_ids
-        outputs = self.backbone(**backbone_inputs, **kwargs)
-        tokens = self.select_layers(outputs.hidden_states)
-        features = self.represent(tokens, attention_mask, mask_indices)
-        logits = self.head(features.to(self.head.classifier.weight.dtype))
+        """Run backbone and head; or, given ``features`` (from a frozen backbone's cache), the head alone."""
+        if features is None:
+            reference = input_ids if input_ids is not None else inputs_embeds
+            if reference is None:
+                raise ValueError("forward needs input_ids (or inputs_embeds, or cached features)")
+            self._check_mask_indices(mask_indices, reference.shape[0], reference.shape[1])
+            backbone_inputs = {
+                "attention_mask": attention_mask,
+                "output_hidden_states": True,
+                "return_dict": True,
+            }
+            if input_ids is not None:
+                backbone_inputs["input_ids"] = input_ids
+            else:
+                backbone_inputs["inputs_embeds"] = inputs_embeds
+            if token_type_ids is not None:
+                backbone_inputs["token_type_ids"] = token_type_ids
+            if position_ids is not None:
+                backbone_inputs["position_ids"] = position_ids
+            outputs = self.backbone(**backbone_inputs, **kwargs)
+            features = self.layer_features(outputs.hidden_states, attention_mask, mask_indices)
+        logits = self.classify(features)
         loss = None
         if labels is not None:
             labels = self._check_labels(labels, logits)

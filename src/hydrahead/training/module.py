@@ -58,12 +58,12 @@ class HeadModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.model(**batch).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
         return loss
 
     def _eval_step(self, batch, stage: str):
         out = self.model(**batch)
-        self.log(f"{stage}/loss", out.loss, prog_bar=stage == "val", batch_size=batch["input_ids"].shape[0])
+        self.log(f"{stage}/loss", out.loss, prog_bar=stage == "val", batch_size=batch["labels"].shape[0])
         preds, labels = flatten_for_metrics(out.logits, batch["labels"], self.config["task"]["name"])
         if len(labels):
             getattr(self, f"{stage}_metrics").update(preds, labels)
@@ -95,6 +95,12 @@ class HeadModule(L.LightningModule):
     # Lightning does not restore RNG state on resume; dropout draws from it, so a resumed run
     # would diverge from an uninterrupted one. Keep it in every checkpoint.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.model.config.freeze is True:
+            # A frozen backbone is rebuilt from its source on load: keep checkpoints head-sized.
+            checkpoint["state_dict"] = {
+                k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("model.backbone.")
+            }
+            checkpoint["frozen_backbone_dropped"] = True
         checkpoint["rng_state"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -102,6 +108,11 @@ class HeadModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("frozen_backbone_dropped"):
+            state_dict = checkpoint["state_dict"]
+            for key, value in self.state_dict().items():  # the frozen weights already loaded
+                if key.startswith("model.backbone."):
+                    state_dict.setdefault(key, value)
         state = checkpoint.get("rng_state")
         if not state:
             return

@@ -1,0 +1,196 @@
+"""The frozen-backbone feature cache: same results as the token path, reused across jobs, invalidated."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_train import FAST, read_metrics, run_train
+from transformers.models.bert import modeling_bert
+
+from hydrahead.build import build_model
+from hydrahead.features import FeatureCache, compute_split, use_cache
+
+FROZEN = [a for a in FAST if "limit_train" not in a] + ["backbone.freeze=true", "export=false"]
+LEVELS = {"sequence": "synthetic_sequences", "token": "synthetic_tokens", "positions": "synthetic_positions"}
+
+
+@pytest.fixture
+def count_backbone_calls(monkeypatch):
+    calls = []
+    real = modeling_bert.BertModel.forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_bert.BertModel, "forward", counting)
+    return calls
+
+
+@pytest.mark.parametrize("level", sorted(LEVELS))
+def test_cached_and_uncached_runs_give_the_same_results(level, tmp_path, monkeypatch):
+    args = [
+        *FROZEN,
+        f"data={LEVELS[level]}",
+        "head=scalar_mix",
+        "task=multilabel",
+        f"paths.cache_dir={tmp_path}/c",
+    ]
+    if level != "sequence":  # token rows: head dropout would draw a different number of masks
+        args.append("head.dropout=0")
+    run_train([*args, "backbone.cache=off"], tmp_path / "off", monkeypatch)
+    run_train([*args, "backbone.cache=on"], tmp_path / "on", monkeypatch)
+    off, on = read_metrics(tmp_path / "off"), read_metrics(tmp_path / "on")
+    assert off["feature_cache"].startswith("off") and on["feature_cache"] == "computed"
+    assert on["metrics"] == pytest.approx(off["metrics"], abs=1e-5)
+
+
+def test_dropout_in_the_head_keeps_sequence_runs_identical(tmp_path, monkeypatch):
+    args = [
+        *FROZEN,
+        "head=mlp",
+        "head.hidden_layers=[16]",
+        "head.dropout=0.3",
+        f"paths.cache_dir={tmp_path}/c",
+    ]
+    run_train([*args, "backbone.cache=off"], tmp_path / "off", monkeypatch)
+    run_train(args, tmp_path / "auto", monkeypatch)
+    assert read_metrics(tmp_path / "auto")["feature_cache"] == "computed"
+    assert read_metrics(tmp_path / "auto")["metrics"] == read_metrics(tmp_path / "off")["metrics"]
+
+
+def test_one_backbone_pass_serves_every_job_of_a_multirun(tmp_path, monkeypatch, count_backbone_calls):
+    args = [*FROZEN, "head=linear,mlp", "head.hidden_layers=[8]", f"paths.cache_dir={tmp_path}/cache"]
+    run_train(args, tmp_path / "sweep", monkeypatch, multirun=True)
+    jobs = [read_metrics(tmp_path / "sweep" / n) for n in ("0", "1")]
+    assert [j["feature_cache"] for j in jobs] == ["computed", "hit"]
+    # 64 + 32 + 32 inputs (FAST) in batches of 64: one pass for the whole sweep, not one per job and epoch
+    assert len(count_backbone_calls) == 3
+    assert jobs[0]["metrics"]["val/acc"] >= 0
+
+
+def test_unfrozen_backbone_never_uses_the_cache(tmp_path, monkeypatch):
+    assert use_cache("auto", 2)[0] is False and use_cache("auto", False)[0] is False
+    with pytest.raises(ValueError, match="backbone.cache=on needs the whole backbone frozen"):
+        use_cache("on", 2)
+    run_train([*FAST, "export=false", "backbone.freeze=2"], tmp_path, monkeypatch)
+    assert read_metrics(tmp_path)["feature_cache"].startswith("off (backbone.freeze=2")
+
+
+def _local_data(tmp_path, texts):
+    for split in ("train", "dev"):
+        rows = [{"text": t, "label": "x" if i % 2 else "y"} for i, t in enumerate(texts)]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [f"data.train_file={tmp_path}/train.jsonl", f"data.validation_file={tmp_path}/dev.jsonl"]
+
+
+def test_changed_data_file_or_max_length_invalidates(tmp_path, monkeypatch):
+    base = [a for a in FROZEN if not a.startswith("data.")] + [
+        "data=local",
+        f"paths.cache_dir={tmp_path}/cache",
+    ]
+    files = _local_data(tmp_path, ["the cat runs", "a red dog", "the big bird", "a small fish"])
+    run_train([*base, *files], tmp_path / "r1", monkeypatch)
+    run_train([*base, *files], tmp_path / "r2", monkeypatch)
+    run_train([*base, *files, "data.max_length=4"], tmp_path / "r3", monkeypatch)
+    _local_data(tmp_path, ["the cat runs", "a red dog", "the big bird", "a small horse"])
+    run_train([*base, *files], tmp_path / "r4", monkeypatch)
+    assert [read_metrics(tmp_path / r)["feature_cache"] for r in ("r1", "r2", "r3", "r4")] == [
+        "computed",
+        "hit",
+        "computed",
+        "computed",
+    ]
+
+
+def test_lower_layer_reuses_an_entry_that_holds_it(tmp_path, monkeypatch):
+    base = [
+        *FROZEN,
+        "head=intermediate",
+        f"paths.cache_dir={tmp_path}/cache",
+        "backbone.cache_layers=computed",
+    ]
+    run_train([*base, "head.layer=4"], tmp_path / "top", monkeypatch)
+    run_train([*base, "head.layer=2"], tmp_path / "low", monkeypatch)
+    assert read_metrics(tmp_path / "low")["feature_cache"] == "hit"
+    entries = list((tmp_path / "cache" / "features").glob("*/layers-*.pt"))
+    assert [p.name for p in entries] == ["layers-0-1-2-3-4.pt"]
+
+
+def test_only_the_layers_read_are_stored_by_default(tmp_path, monkeypatch):
+    run_train(
+        [*FROZEN, "head=intermediate", "head.layer=[1,3]", f"paths.cache_dir={tmp_path}/c"],
+        tmp_path / "r",
+        monkeypatch,
+    )
+    (entry,) = (tmp_path / "c" / "features").glob("*/layers-*.pt")
+    assert entry.name == "layers-1-3.pt"
+    payload = torch.load(entry, weights_only=True)
+    assert payload["splits"]["train"]["features"].shape[-2:] == (2, 32)  # 2 layers x hidden 32
+
+
+def test_half_precision_storage(tmp_path, monkeypatch):
+    run_train(
+        [*FROZEN, "backbone.cache_dtype=float16", f"paths.cache_dir={tmp_path}/c"],
+        tmp_path / "r",
+        monkeypatch,
+    )
+    (entry,) = (tmp_path / "c" / "features").glob("*/layers-*.pt")
+    assert torch.load(entry, weights_only=True)["splits"]["train"]["features"].dtype == torch.float16
+    assert read_metrics(tmp_path / "r")["status"] == "completed"
+
+
+def test_token_features_keep_only_labelled_rows():
+    model, tokenizer = build_model("tiny:bert", labels=2, level="token", freeze=True)
+    words = ["the", "quickly", "cat"]  # 'quickly' is several subwords: only its first is labelled
+    enc = tokenizer(words, is_split_into_words=True)
+    first = {}
+    for i, w in enumerate(enc.word_ids()):
+        if w is not None:
+            first.setdefault(w, i)
+    labels = [-100] * len(enc["input_ids"])
+    for w, i in first.items():
+        labels[i] = w % 2
+    feature = {**{k: list(v) for k, v in enc.items()}, "labels": labels}
+    out = compute_split(model, [feature], "token", "multiclass", 2, tokenizer.pad_token_id, [4])
+    assert out["features"].shape == (3, 1, 32) and out["offsets"].tolist() == [0, 3]
+    with torch.no_grad():
+        full = model.backbone(**{k: torch.tensor([v]) for k, v in enc.items()}, output_hidden_states=True)
+    assert torch.allclose(out["features"][:, 0], full.hidden_states[4][0, sorted(first.values())], atol=1e-6)
+    assert model.training  # the pass leaves the module's mode as it found it
+
+
+def test_frozen_checkpoints_hold_the_head_only_and_still_resume(tmp_path, monkeypatch):
+    from hydrahead.training.module import HeadModule
+
+    args = [
+        *FROZEN,
+        "head=mlp",
+        "head.hidden_layers=[8]",
+        "trainer.max_epochs=2",
+        f"paths.cache_dir={tmp_path}/c",
+    ]
+    with monkeypatch.context() as interrupted:  # the same run, stopped after its first epoch
+        interrupted.setattr(
+            HeadModule, "on_train_epoch_end", lambda self: setattr(self.trainer, "should_stop", True)
+        )
+        run_train(args, tmp_path / "part", monkeypatch)
+    last = tmp_path / "part" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert state and not any(k.startswith("model.backbone.") for k in state)
+    assert last.stat().st_size < 200_000
+    run_train([*args, f"ckpt_path={last}"], tmp_path / "resumed", monkeypatch)
+    run_train(args, tmp_path / "full", monkeypatch)
+    assert read_metrics(tmp_path / "resumed")["metrics"] == read_metrics(tmp_path / "full")["metrics"]
+
+
+def test_damaged_entry_is_recomputed(tmp_path, monkeypatch):
+    args = [*FROZEN, f"paths.cache_dir={tmp_path}/c"]
+    run_train(args, tmp_path / "r1", monkeypatch)
+    (entry,) = (tmp_path / "c" / "features").glob("*/layers-*.pt")
+    entry.write_bytes(b"garbage")
+    run_train(args, tmp_path / "r2", monkeypatch)
+    assert read_metrics(tmp_path / "r2")["feature_cache"] == "computed"
+    assert FeatureCache(tmp_path / "c", {}).find([4]) is None  # another key, another folder
