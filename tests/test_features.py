@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from test_train import FAST, read_metrics, run_train
 from transformers.models.bert import modeling_bert
 
 from hydrahead.build import build_model
 from hydrahead.features import FeatureCache, compute_split, use_cache
+from test_train import FAST, read_metrics, run_train
 
 FROZEN = [a for a in FAST if "limit_train" not in a] + ["backbone.freeze=true", "export=false"]
 LEVELS = {"sequence": "synthetic_sequences", "token": "synthetic_tokens", "positions": "synthetic_positions"}
