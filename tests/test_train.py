@@ -171,12 +171,20 @@ def test_multirun_with_wandb_gives_separate_offline_runs(tmp_path, monkeypatch):
 
 
 def test_failed_run_records_status_and_error(tmp_path, monkeypatch):
-    missing = tmp_path / "nope.ckpt"
-    with pytest.raises(BaseException):  # noqa: B017 - Hydra re-raises or exits
-        run_train([*FAST, f"ckpt_path={missing}"], tmp_path / "run", monkeypatch)
+    rows = ['{"text": "a b", "label": "x"}', '{"text": "c d", "label": "y"}']
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp_path / "dev.jsonl").write_text('{"text": "a", "label": "zebra"}\n')
+    args = [a for a in FAST if not a.startswith("data")] + [
+        "data=local",
+        f"data.train_file={tmp_path}/train.jsonl",
+        f"data.validation_file={tmp_path}/dev.jsonl",
+    ]
+    with pytest.raises(SystemExit) as stop:  # the data error surfaces inside the run: one line, exit 2
+        run_train(args, tmp_path / "run", monkeypatch)
+    assert stop.value.code == 2
     metrics = read_metrics(tmp_path / "run")
     assert metrics["status"] == "failed"
-    assert "nope.ckpt" in metrics["error"]
+    assert "dev.jsonl:1: label 'zebra'" in metrics["error"]
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -9,6 +9,7 @@ with the key's name. Value checks that types cannot express live in ``__post_ini
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
@@ -17,9 +18,13 @@ TASKS = ("multiclass", "multilabel")
 LEVELS = ("sequence", "token", "positions")
 
 
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and what is allowed."""
+
+
 def _choice(key: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not one of {list(allowed)}")
+        raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}")
 
 
 @dataclass
@@ -53,7 +58,7 @@ class BackboneConfig:
         if not isinstance(self.freeze, (bool, int)) or (
             not isinstance(self.freeze, bool) and self.freeze < 0
         ):
-            raise ValueError(f"backbone.freeze={self.freeze!r} must be true, false or a non-negative int")
+            raise ConfigError(f"backbone.freeze={self.freeze!r} must be true, false or a non-negative int")
 
 
 @dataclass
@@ -96,7 +101,7 @@ class TaskConfig:
         _choice("task.name", self.name, TASKS)
         _choice("task.mode", self.mode, ("max", "min"))
         if not 0 < self.threshold < 1:
-            raise ValueError(f"task.threshold={self.threshold} must be in (0, 1)")
+            raise ConfigError(f"task.threshold={self.threshold} must be in (0, 1)")
 
 
 @dataclass
@@ -159,10 +164,10 @@ class DataConfig:
         _choice("data.on_error", self.on_error, ("raise", "skip"))
         for key in ("batch_size", "max_length"):
             if getattr(self, key) < 1:
-                raise ValueError(f"data.{key}={getattr(self, key)} must be >= 1")
+                raise ConfigError(f"data.{key}={getattr(self, key)} must be >= 1")
         for key in ("limit_train", "limit_validation", "limit_test"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ValueError(f"data.{key}={getattr(self, key)} must be >= 1 (or null for all)")
+                raise ConfigError(f"data.{key}={getattr(self, key)} must be >= 1 (or null for all)")
 
 
 @dataclass
@@ -182,11 +187,11 @@ class OptimizerConfig:
     def __post_init__(self):
         _choice("optimizer.name", self.name, ("adamw", "sgd"))
         if self.lr <= 0:
-            raise ValueError(f"optimizer.lr={self.lr} must be > 0")
+            raise ConfigError(f"optimizer.lr={self.lr} must be > 0")
         if self.backbone_lr is not None and self.backbone_lr <= 0:
-            raise ValueError(f"optimizer.backbone_lr={self.backbone_lr} must be > 0")
+            raise ConfigError(f"optimizer.backbone_lr={self.backbone_lr} must be > 0")
         if self.weight_decay < 0:
-            raise ValueError(f"optimizer.weight_decay={self.weight_decay} must be >= 0")
+            raise ConfigError(f"optimizer.weight_decay={self.weight_decay} must be >= 0")
 
 
 @dataclass
@@ -199,7 +204,7 @@ class SchedulerConfig:
     def __post_init__(self):
         _choice("scheduler.name", self.name, ("linear_warmup", "cosine", "constant"))
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"scheduler.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+            raise ConfigError(f"scheduler.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
 
 
 @dataclass
@@ -224,7 +229,7 @@ class TrainerConfig:
 
     def __post_init__(self):
         if self.max_epochs < 1 and self.max_epochs != -1:
-            raise ValueError(f"trainer.max_epochs={self.max_epochs} must be >= 1")
+            raise ConfigError(f"trainer.max_epochs={self.max_epochs} must be >= 1")
 
 
 @dataclass
@@ -301,28 +306,108 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
-def validate(cfg) -> TrainConfig:
-    """Run every ``__post_init__`` check plus the cross-group ones; raise ValueError naming the key."""
+def validate(cfg, deep: bool = True) -> TrainConfig:
+    """Every check that needs no weights; raises ConfigError naming the key (or file) and what is allowed.
+
+    ``deep`` also reads the backbone's config (for layer ranges) and the checkpoint to resume from.
+    """
     from omegaconf import OmegaConf
 
     from hydrahead.modeling.configuration_hydrahead import normalize_head
 
-    typed: TrainConfig = OmegaConf.to_object(cfg)
-    normalize_head(typed.head.model_spec())
+    try:
+        typed: TrainConfig = OmegaConf.to_object(cfg)
+        normalize_head(typed.head.model_spec())
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     head_level = typed.head.level
     if head_level is not None and head_level != typed.data.level:
-        raise ValueError(
+        raise ConfigError(
             f"head needs data at level {head_level!r} (head.level) but data={typed.data.name} is "
             f"level {typed.data.level!r}; pick a {head_level}-level data config"
         )
     data = typed.data
     if not data.prepare and not data.hf_name and not data.name.startswith("synthetic"):
-        from pathlib import Path
-
         for key in ("train_file", "validation_file", "test_file"):
             path = getattr(data, key)
             if path is None and key != "test_file":
-                raise ValueError(f"data.{key} is not set: data={data.name} reads local files")
+                raise ConfigError(f"data.{key} is not set: data={data.name} reads local files")
             if path is not None and not Path(path).expanduser().is_file():
-                raise ValueError(f"data.{key}={path}: no such file")
+                raise ConfigError(f"data.{key}={path}: no such file")
+    if deep:
+        _check_backbone(typed)
+        if typed.ckpt_path:
+            check_checkpoint(typed.ckpt_path, typed)
     return typed
+
+
+def _check_backbone(typed: TrainConfig) -> None:
+    """The backbone exists and the head's layers are in its range (reads config.json, no weights)."""
+    from hydrahead.backbones import load_backbone_config
+    from hydrahead.modeling.configuration_hydrahead import resolve_layers
+
+    bb = typed.backbone
+    try:
+        config = load_backbone_config(
+            bb.name_or_path, revision=bb.revision, trust_remote_code=bb.trust_remote_code
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    except OSError as err:
+        raise ConfigError(
+            f"backbone.name_or_path={bb.name_or_path!r}: cannot load its config ({err})"
+        ) from None
+    layers = config.num_hidden_layers
+    try:
+        resolve_layers(typed.head.layer, layers)
+    except ValueError as err:
+        raise ConfigError(f"{err} [backbone {bb.name_or_path}]") from None
+    if not isinstance(bb.freeze, bool) and bb.freeze > layers:
+        raise ConfigError(f"backbone.freeze={bb.freeze} exceeds the backbone's {layers} layers (0..{layers})")
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint, loaded with weights_only=True; ConfigError if missing, truncated or corrupt."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        reason = str(err).splitlines()[0][:200]
+        raise ConfigError(
+            f"ckpt_path={path}: not a readable checkpoint (truncated or corrupt? {type(err).__name__}: {reason})"
+        ) from None
+
+
+# What must match between a checkpoint and the config that resumes from it.
+_RESUME_KEYS = [
+    ("backbone", "name_or_path"),
+    ("head", "layer"),
+    ("head", "combine"),
+    ("head", "pooling"),
+    ("head", "hidden_layers"),
+    ("head", "activation"),
+    ("task", "name"),
+    ("data", "level"),
+]
+
+
+def check_checkpoint(path: str | Path, typed: TrainConfig) -> dict:
+    """The checkpoint's saved config must describe the same network as this config."""
+    state = read_checkpoint(path)
+    saved = state.get("hyper_parameters") or {}
+    if "head" not in saved:
+        raise ConfigError(f"ckpt_path={path}: not a hydrahead checkpoint (no saved run config)")
+    differ = []
+    for group, key in _RESUME_KEYS:
+        old, new = saved.get(group, {}).get(key), getattr(getattr(typed, group), key)
+        if old != new and not (isinstance(old, list) and list(new or []) == old):
+            differ.append(f"{group}.{key}: checkpoint {old!r}, config {new!r}")
+    if differ:
+        raise ConfigError(f"ckpt_path={path} is incompatible with this config: " + "; ".join(differ))
+    return state

@@ -15,14 +15,15 @@ import os
 import secrets
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import hydra
 import hydra.experimental.callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hydrahead.config import register_configs, validate
+from hydrahead.config import ConfigError, register_configs, validate
 from hydrahead.paths import config_dir, project_root
 
 log = logging.getLogger("hydrahead.train")
@@ -121,7 +122,7 @@ def build_logger(cfg: DictConfig, run_dir: Path, resolved: dict):
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     from lightning.pytorch import callbacks as cb
 
-    from hydrahead.training.callbacks import RunCheckpoint
+    from hydrahead.training.callbacks import RunCheckpoint, Throughput
 
     c = cfg.callbacks
     directory = str(run_dir / "checkpoints")
@@ -136,7 +137,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     # A checkpoint of its own for last.ckpt: Lightning's save_last only rewrites it when the
     # monitored metric improved, so a resume would restart from the best epoch, not the last.
     last = RunCheckpoint(dirpath=directory, filename="last", save_top_k=1, enable_version_counter=False)
-    callbacks = [best, last]
+    callbacks = [best, last, Throughput()]
     if c.lr_monitor and cfg.logger.name != "none":
         callbacks.append(cb.LearningRateMonitor(logging_interval="step"))
     if c.rich_progress_bar:
@@ -171,10 +172,9 @@ def cluster_plugins() -> list:
 
 def labels_from_checkpoint(ckpt_path: str) -> list[str] | None:
     """The label vocabulary a checkpoint was trained with (so a resume never re-derives it)."""
-    import torch
+    from hydrahead.config import read_checkpoint
 
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    return (state.get("hyper_parameters") or {}).get("labels")
+    return (read_checkpoint(ckpt_path).get("hyper_parameters") or {}).get("labels")
 
 
 def _route_library_logs() -> None:
@@ -264,6 +264,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         enable_model_summary=False,
     )
     trainer.fit(module, datamodule=training_data, ckpt_path=ckpt_path)
+    throughput = next(c for c in callbacks if type(c).__name__ == "Throughput")
     best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = "best" if best_path else None
     metrics = {}
@@ -288,6 +289,8 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         "params_total": params_total,
         "labels": datamodule.labels,
         "feature_cache": feature_cache,
+        "train_s": round(throughput.seconds, 3),
+        "train_samples_per_s": throughput.samples_per_s,
     }
 
 
@@ -423,11 +426,112 @@ def report_sweep() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from hydrahead.data.encode import DataError
+
+    try:
+        return train(cfg)
+    except (ConfigError, DataError) as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweep records it and goes on with the other jobs
+        fail(str(err))
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit status 2: the error a user can act on, without a traceback."""
+    print(f"hydrahead-train: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+_NOT_A_RUN = (
+    "-m",
+    "--multirun",
+    "--cfg",
+    "-c",
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--version",
+    "--resolve",
+    "-p",
+    "--package",
+)
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose and validate a single run before Hydra creates its directory; exit 2 with one line.
+
+    So a bad override, value, path or checkpoint never leaves a run dir behind, and the message
+    names the key (or file) and what is allowed. Sweeps get the same checks per job.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(arg in _NOT_A_RUN or arg.startswith(("--config", "-cp", "-cn", "-cd")) for arg in argv):
+        return
+    overrides = [*argv, "paths.output_dir=/nonexistent/preflight"]
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        run_dir = Path(OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"])
+        with open_dict(cfg):
+            del cfg["hydra"]
+        validate(cfg)
+    except ConfigError as err:
+        fail(str(err))
+    except (HydraException, OmegaConfBaseException) as err:
+        fail(describe_config_error(err))
+    probe = next((p for p in [run_dir, *run_dir.parents] if p.exists()), None)
+    try:  # try it for real: root passes every permission check, a read-only mount does not
+        handle, probe_file = tempfile.mkstemp(dir=probe, prefix=".hydrahead-write-test-")
+        os.close(handle)
+        os.unlink(probe_file)
+    except OSError as err:
+        fail(
+            f"cannot write the run directory {run_dir} ({probe}: {err.strerror}); set paths.log_dir "
+            "or hydra.run.dir to a writable place"
+        )
+
+
+def describe_config_error(err: Exception) -> str:
+    """Hydra's and OmegaConf's multi-line composition errors, as one line naming the key."""
+    import re
+
+    from hydrahead import config as schema
+
+    text = str(err.__cause__ or err) if not str(err).startswith("Could not override") else str(err)
+    full = f"{err}\n{err.__cause__ or ''}"
+    key = re.search(r"full_key: (\S+)", full)
+    key = key.group(1) if key else None
+    missing = re.search(r"Key '([^']+)' not in '(\w+)'", full)
+    if missing and key:
+        node = getattr(schema, missing.group(2), None)
+        allowed = ", ".join(node.__dataclass_fields__) if node is not None else ""
+        return f"unknown key {key}; {key.rsplit('.', 1)[0]} has: {allowed}"
+    option = re.search(r"Could not find '([^']+)'", full)
+    if option:
+        group, name = option.group(1).rsplit("/", 1) if "/" in option.group(1) else ("", option.group(1))
+        choices = re.findall(r"^\t(\S+)$", full, re.M)
+        return f"{group}={name}: no such option; available: {', '.join(choices)}"
+    value = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", full)
+    if value and key:
+        return f"{key}={value.group(1)}: expected {value.group(2).lower()}"
+    if "Missing mandatory value" in full and key:
+        return f"{key} is required (it has no value; set {key}=...)"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"{first}" + (f" ({key})" if key and key not in first else "")
 
 
 def main() -> None:
-    """Console entry point: Hydra's main, plus a list of the failed jobs when a sweep fails."""
+    """Console entry point: preflight checks, Hydra's main, and a list of failed jobs when a sweep fails."""
+    preflight(sys.argv[1:])
     try:
         _hydra_main()
     except SystemExit as stop:

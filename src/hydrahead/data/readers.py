@@ -202,6 +202,11 @@ def _example(row: dict, where: str, data_cfg, task: str) -> dict:
     return example
 
 
+def _single_labels(example: dict, level: str) -> bool:
+    items = [example["label"]] if level == "sequence" else example["tags" if level == "token" else "labels"]
+    return all(len(item) == 1 for item in items)
+
+
 def read_examples(path: str | Path, data_cfg, task: str) -> list[dict]:
     """Read one split file into canonical examples, checking every field (errors name file:line)."""
     path = Path(path)
@@ -220,6 +225,12 @@ def read_examples(path: str | Path, data_cfg, task: str) -> list[dict]:
             if data_cfg.on_error != "skip":
                 raise
             skipped.append(str(err))
+    if task == "multilabel" and examples and all(_single_labels(e, data_cfg.level) for e in examples):
+        key = {"sequence": "label", "token": "tags", "positions": "labels"}[data_cfg.level]
+        raise DataError(
+            f"{path}: task=multilabel, but every row has exactly one label per item in "
+            f"'{getattr(data_cfg.fields, key)}' (single-label data); use task=multiclass"
+        )
     if skipped:
         log.warning(
             "%s: skipped %d bad row(s) (data.on_error=skip); first: %s", path, len(skipped), skipped[0]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -38,3 +39,31 @@ class RunCheckpoint(ModelCheckpoint):
             state_dict["last_model_path"] = ""
             state_dict["dirpath"] = self.dirpath
         super().load_state_dict(state_dict)
+
+
+class Throughput(Callback):
+    """Training samples per second: from each epoch's first batch to its last (data loading
+    included, validation not), summed over the epochs this fit ran."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.samples = 0
+        self._epoch_start: float | None = None
+        self._last_end: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._epoch_start is None:
+            self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.samples += int(batch["labels"].shape[0])
+        self._last_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._epoch_start is not None and self._last_end is not None:
+            self.seconds += self._last_end - self._epoch_start
+        self._epoch_start = self._last_end = None
+
+    @property
+    def samples_per_s(self) -> float | None:
+        return round(self.samples / self.seconds, 2) if self.seconds > 0 else None
