@@ -380,7 +380,8 @@ def read_checkpoint(path: str | Path) -> dict:
     except Exception as err:
         reason = str(err).splitlines()[0][:200]
         raise ConfigError(
-            f"ckpt_path={path}: not a readable checkpoint (truncated or corrupt? {type(err).__name__}: {reason})"
+            f"ckpt_path={path}: not a readable checkpoint (truncated or corrupt? "
+            f"{type(err).__name__}: {reason})"
         ) from None
 
 
