@@ -257,6 +257,8 @@ class WandbConfig:
     tags: list[str] = field(default_factory=list)
     group: str | None = None
     """null: the sweep's id in a multirun."""
+    api_key: str | None = None
+    """Better left to WANDB_API_KEY; set as ${oc.env:MY_KEY} it is used to log in and masked everywhere."""
 
 
 @dataclass

@@ -9,9 +9,11 @@ torch, transformers, Lightning and W&B load only when a run starts.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import sys
@@ -95,6 +97,52 @@ def _hydra_job_info() -> dict:
     }
 
 
+SECRET_NAME = re.compile(r"(token|secret|passw(or)?d|api_?key|credential|private_key)", re.I)
+
+
+def secret_values(cfg: DictConfig | None = None) -> set[str]:
+    """Values that must not be written anywhere: secret-named env variables and config keys."""
+    values = {v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 6}
+    if cfg is not None:
+
+        def walk(node, key=""):
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(v, str(k))
+            elif isinstance(node, str) and SECRET_NAME.search(key) and len(node) >= 6:
+                values.add(node)
+
+        walk(OmegaConf.to_container(cfg, resolve=True))
+    return values
+
+
+def redact(text: str, secrets: set[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def masked_config(cfg: DictConfig) -> dict:
+    """The resolved config as a plain dict, secrets masked: keys that name a secret, and values
+    interpolated from environment variables that do (``${oc.env:HF_TOKEN}``). This is what W&B
+    and the checkpoints receive."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    raw = OmegaConf.to_container(cfg, resolve=False)
+
+    def walk(node, source, key=""):
+        if isinstance(node, dict):
+            inner = source if isinstance(source, dict) else {}
+            return {k: walk(v, inner.get(k), str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, None, key) for v in node]
+        env = re.findall(r"\$\{oc\.env:([^,}]+)", source) if isinstance(source, str) else []
+        if node is not None and (SECRET_NAME.search(key) or any(SECRET_NAME.search(name) for name in env)):
+            return "***"
+        return node
+
+    return walk(resolved, raw)
+
+
 def build_logger(cfg: DictConfig, run_dir: Path, resolved: dict):
     name = cfg.logger.name
     if name == "none":
@@ -107,10 +155,12 @@ def build_logger(cfg: DictConfig, run_dir: Path, resolved: dict):
 
     job = _hydra_job_info()
     wb = cfg.logger.wandb
+    if wb.api_key:
+        os.environ["WANDB_API_KEY"] = wb.api_key
     return WandbLogger(
         project=wb.project,
         entity=wb.entity,
-        name=job.get("name", "run"),
+        name=redact(job.get("name", "run"), secret_values(cfg)),
         group=wb.group or job.get("sweep_id"),
         tags=list(wb.tags),
         save_dir=str(run_dir),
@@ -197,6 +247,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
     from hydrahead.build import build_model
     from hydrahead.data.datamodule import HeadDataModule
     from hydrahead.export import export_model
+    from hydrahead.training.callbacks import AtomicCheckpointIO
     from hydrahead.training.module import HeadModule
 
     _route_library_logs()
@@ -244,7 +295,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
     training_data, feature_cache = cached_features(cfg, model, datamodule)
     if bb.compile and feature_cache == "off":
         model.backbone.compile()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = masked_config(cfg)
     resolved["labels"] = datamodule.labels
     module = HeadModule(model, resolved)
     logger = build_logger(cfg, run_dir, resolved)
@@ -254,7 +305,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
     trainer_args = {
         k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None
     }
-    trainer_args.setdefault("plugins", cluster_plugins())
+    trainer_args.setdefault("plugins", [*cluster_plugins(), AtomicCheckpointIO()])
     trainer = L.Trainer(
         **trainer_args,
         logger=logger,
@@ -346,6 +397,11 @@ def train(cfg: DictConfig) -> float | None:
     """
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # W&B keeps settings, caches and debug logs under $HOME unless told otherwise: keep them here.
+    cache_dir = Path(cfg.paths.cache_dir)
+    os.environ.setdefault("WANDB_CACHE_DIR", str(cache_dir / "wandb"))
+    os.environ.setdefault("WANDB_CONFIG_DIR", str(cache_dir / "wandb-config"))
+    os.environ.setdefault("WANDB_DATA_DIR", str(cache_dir / "wandb-data"))
     start = time.perf_counter()
     status_file = run_dir / "metrics.json"
     payload: dict = {
@@ -356,7 +412,7 @@ def train(cfg: DictConfig) -> float | None:
         "pid": os.getpid(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seed": cfg.seed,
-        "overrides": _hydra_job_info().get("overrides", []),
+        "overrides": [redact(o, secret_values(cfg)) for o in _hydra_job_info().get("overrides", [])],
     }
     try:
         validate(cfg)
@@ -433,10 +489,17 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
     try:
         return train(cfg)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, OSError) as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweep records it and goes on with the other jobs
-        fail(str(err))
+        if isinstance(err, OSError) and err.errno not in _DISK_ERRORS:
+            raise
+        where = f" (recorded in {cfg.paths.output_dir}/metrics.json)" if isinstance(err, OSError) else ""
+        fail(f"{err}{where}")
+
+
+# A full disk, a quota, a read-only or forbidden place: the user's to fix, said in one line.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def fail(message: str) -> None:

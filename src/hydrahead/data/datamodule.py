@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Sampler
 
 from . import cache
-from .encode import IGNORE, DataError, Encoded, build_label_vocab, encode
+from .encode import IGNORE, DataError, Encoded, encode, sort_labels
 from .readers import read_examples
 
 log = logging.getLogger(__name__)
@@ -120,20 +120,34 @@ class HeadDataModule(L.LightningDataModule):
         named = {split: getattr(self.cfg, f"{split}_file", None) for split in SPLITS}
         return {split: Path(path).expanduser().resolve() for split, path in named.items() if path}
 
-    def read(self, split: str) -> list[dict] | None:
-        """The raw examples of ``split`` (all of them), or None when the dataset has no such split."""
+    def limit(self, split: str) -> int | None:
+        return {
+            "train": self.cfg.limit_train,
+            "validation": self.cfg.limit_validation,
+            "test": self.cfg.limit_test,
+        }[split]
+
+    def read(self, split: str, names: set | None = None) -> list[dict] | None:
+        """The examples of ``split`` (its first ``data.limit_<split>``), or None when there is no such
+        split; the label names of every row, kept or not, are added to ``names``."""
+        from .encode import label_names
+
         cfg = self.cfg
-        if cfg.name.startswith("synthetic"):
-            from .synthetic import generate
+        if cfg.name.startswith("synthetic") or cfg.hf_name:
+            if cfg.hf_name:
+                from .hub import read_hub_split
 
-            size = {"train": cfg.num_train, "validation": cfg.num_validation, "test": cfg.num_test}[split]
-            return generate(self.level, self.task, split, size, cfg.seed) if size else None
-        if cfg.hf_name:
-            from .hub import read_hub_split
+                examples = read_hub_split(cfg, split, self.task)
+            else:
+                from .synthetic import generate
 
-            return read_hub_split(cfg, split, self.task)
+                size = {"train": cfg.num_train, "validation": cfg.num_validation, "test": cfg.num_test}[split]
+                examples = generate(self.level, self.task, split, size, cfg.seed) if size else None
+            if examples and names is not None:
+                names.update(n for e in examples for n in label_names(e, self.level, self.task))
+            return examples[: self.limit(split)] if examples else examples
         path = self.files().get(split)
-        return read_examples(path, cfg, self.task) if path else None
+        return read_examples(path, cfg, self.task, limit=self.limit(split), names=names) if path else None
 
     def _cache_key(self) -> str | None:
         files = self.files()
@@ -193,14 +207,15 @@ class HeadDataModule(L.LightningDataModule):
         key = self._cache_key() if self.labels is not None else None
         cached = cache.load(self.cache_dir, key) if key else None
         if cached is None:
-            raw = {split: self.read(split) for split in SPLITS}
+            names: set = set()
+            raw = {split: self.read(split, names if split == "train" else None) for split in SPLITS}
             where = self.cfg.name
             if not raw["train"]:
                 raise DataError(f"data={where}: the train split is empty (data.train_file)")
             if not raw["validation"]:
                 raise DataError(f"data={where}: there is no validation split (data.validation_file)")
             if self.labels is None:
-                self.labels = build_label_vocab(raw["train"], self.level, self.task)
+                self.labels = sort_labels(names)
                 key = self._cache_key()
                 cached = cache.load(self.cache_dir, key) if key else None
         if cached is not None:
@@ -209,16 +224,11 @@ class HeadDataModule(L.LightningDataModule):
             log.info("tokenized %s from the cache (%s)", self.cfg.name, key)
             return self
         self.cache_hit = False if key else None
-        limits = {
-            "train": self.cfg.limit_train,
-            "validation": self.cfg.limit_validation,
-            "test": self.cfg.limit_test,
-        }
         for split, examples in raw.items():
             if not examples:
                 continue
             encoded = encode(
-                examples[: limits[split]],
+                examples,
                 self.tokenizer,
                 level=self.level,
                 task=self.task,

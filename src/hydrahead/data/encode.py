@@ -29,18 +29,26 @@ def _label_items(example: dict, level: str) -> Iterable:
     return example["tags"] if level == "token" else example["labels"]
 
 
-def build_label_vocab(examples: list[dict], level: str, task: str) -> list[str]:
-    """Sorted label names seen in ``examples`` (multilabel: every name in any list)."""
-    names = set()
-    for example in examples:
-        for item in _label_items(example, level):
-            if task == "multilabel":
-                names.update(str(x) for x in item)
-            else:
-                names.add(str(item))
+def label_names(example: dict, level: str, task: str):
+    """The label names one example uses (multilabel: every name in any of its lists)."""
+    for item in _label_items(example, level):
+        if task == "multilabel":
+            yield from (str(x) for x in item)
+        else:
+            yield str(item)
+
+
+def sort_labels(names) -> list[str]:
+    """A deterministic label order: numerically for integer class ids (2 before 10), else by name."""
+    names = set(names)
     if names and all(name.lstrip("-").isdigit() for name in names):
-        return sorted(names, key=int)  # integer class ids: 2 before 10
+        return sorted(names, key=int)
     return sorted(names)
+
+
+def build_label_vocab(examples: list[dict], level: str, task: str) -> list[str]:
+    """Sorted label names seen in ``examples``."""
+    return sort_labels(name for example in examples for name in label_names(example, level, task))
 
 
 @dataclass

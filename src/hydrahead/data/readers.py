@@ -207,25 +207,41 @@ def _single_labels(example: dict, level: str) -> bool:
     return all(len(item) == 1 for item in items)
 
 
-def read_examples(path: str | Path, data_cfg, task: str) -> list[dict]:
-    """Read one split file into canonical examples, checking every field (errors name file:line)."""
+def read_examples(
+    path: str | Path, data_cfg, task: str, limit: int | None = None, names: set | None = None
+) -> list[dict]:
+    """Read one split file into canonical examples, checking every row (errors name file:line).
+
+    ``limit`` keeps only the first N examples, yet every row is still read and checked, and its
+    label names go into ``names`` (so a label vocabulary covers the whole file at little memory).
+    """
+    from .encode import label_names
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     fmt = detect_format(path, data_cfg.format)
     if fmt == "conll" and data_cfg.level != "token":
         raise DataError(f"{path}: CoNLL files hold token-level data, but data.level={data_cfg.level!r}")
-    examples, skipped = [], []
+    examples, skipped, count, all_single = [], [], 0, True
     for line, row in _rows(path, fmt):
         try:
             if isinstance(row, DataError):
                 raise row
-            examples.append(_example(row, f"{path}:{line}", data_cfg, task))
+            example = _example(row, f"{path}:{line}", data_cfg, task)
         except DataError as err:
             if data_cfg.on_error != "skip":
                 raise
             skipped.append(str(err))
-    if task == "multilabel" and examples and all(_single_labels(e, data_cfg.level) for e in examples):
+            continue
+        count += 1
+        if names is not None:
+            names.update(label_names(example, data_cfg.level, task))
+        if task == "multilabel":
+            all_single = all_single and _single_labels(example, data_cfg.level)
+        if limit is None or len(examples) < limit:
+            examples.append(example)
+    if task == "multilabel" and count and all_single:
         key = {"sequence": "label", "token": "tags", "positions": "labels"}[data_cfg.level]
         raise DataError(
             f"{path}: task=multilabel, but every row has exactly one label per item in "
@@ -235,6 +251,6 @@ def read_examples(path: str | Path, data_cfg, task: str) -> list[dict]:
         log.warning(
             "%s: skipped %d bad row(s) (data.on_error=skip); first: %s", path, len(skipped), skipped[0]
         )
-    if not examples:
+    if not count:
         raise DataError(f"{path}: no examples (the file is empty)")
     return examples
