@@ -323,8 +323,8 @@ def test_killing_one_job_of_a_local_sweep_spares_the_others(tmp_path):
 
     sweep = tmp_path / "sweep"
     args = [
-        *LONG,
         "-m",
+        *LONG,
         "hydra/launcher=local",
         "seed=0,1,2",
         f"hydra.sweep.dir={sweep}",

@@ -315,6 +315,11 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         enable_model_summary=False,
     )
     trainer.fit(module, datamodule=training_data, ckpt_path=ckpt_path)
+    if trainer.received_sigterm:  # Lightning stops quietly; this run must not look finished
+        raise RuntimeError(
+            f"stopped by SIGTERM in epoch {trainer.current_epoch}; resume with "
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+        )
     throughput = next(c for c in callbacks if type(c).__name__ == "Throughput")
     best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     ckpt = "best" if best_path else None
@@ -402,6 +407,7 @@ def train(cfg: DictConfig) -> float | None:
     os.environ.setdefault("WANDB_CACHE_DIR", str(cache_dir / "wandb"))
     os.environ.setdefault("WANDB_CONFIG_DIR", str(cache_dir / "wandb-config"))
     os.environ.setdefault("WANDB_DATA_DIR", str(cache_dir / "wandb-data"))
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_dir / "matplotlib"))  # imported by logging libraries
     start = time.perf_counter()
     status_file = run_dir / "metrics.json"
     payload: dict = {
@@ -489,6 +495,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
     try:
         return train(cfg)
+    except SystemExit as stop:
+        if type(stop).__name__ == "SIGTERMException":  # Lightning's, a SystemExit with status 0
+            print(f"hydrahead-train: stopped by SIGTERM; resume with ckpt_path={cfg.paths.output_dir}/"
+                  "checkpoints/last.ckpt", file=sys.stderr)
+            raise SystemExit(143) from None
+        raise
     except (ConfigError, DataError, OSError) as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweep records it and goes on with the other jobs
