@@ -497,8 +497,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return train(cfg)
     except SystemExit as stop:
         if type(stop).__name__ == "SIGTERMException":  # Lightning's, a SystemExit with status 0
-            print(f"hydrahead-train: stopped by SIGTERM; resume with ckpt_path={cfg.paths.output_dir}/"
-                  "checkpoints/last.ckpt", file=sys.stderr)
+            print(
+                f"hydrahead-train: stopped by SIGTERM; resume with ckpt_path={cfg.paths.output_dir}/"
+                "checkpoints/last.ckpt",
+                file=sys.stderr,
+            )
             raise SystemExit(143) from None
         raise
     except (ConfigError, DataError, OSError) as err:
