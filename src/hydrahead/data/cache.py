@@ -83,3 +83,13 @@ def store(cache_dir: str | Path, key: str, payload) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return directory / f"{key}.pt"
+
+
+def store_json(path: str | Path, payload) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle)
+    os.replace(tmp, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -181,6 +182,26 @@ class HeadDataModule(L.LightningDataModule):
             }
         )
 
+    def _vocab_file(self) -> Path | None:
+        """Where the label vocabulary of this train file (content, fields, task) is cached."""
+        train = self.files().get("train")
+        if self.cache_dir is None or train is None or not train.is_file():
+            return None
+        options = (
+            OmegaConf.to_container(self.cfg, resolve=True)
+            if OmegaConf.is_config(self.cfg)
+            else dict(self.cfg)
+        )
+        parts = {
+            "train": cache.file_digest(train),
+            "fields": options.get("fields"),
+            "level": self.level,
+            "task": self.task,
+            "format": options.get("format"),
+            "on_error": options.get("on_error"),
+        }
+        return self.cache_dir / f"vocab-{cache.cache_key(parts)}.json"
+
     def data_key(self) -> str:
         """What determines the encoded splits: file content (or generator settings), tokenizer, options."""
         file_key = self._cache_key()
@@ -204,6 +225,9 @@ class HeadDataModule(L.LightningDataModule):
         """Read, build the label vocabulary (unless given, e.g. on resume) and encode all splits."""
         if self.splits:
             return self
+        vocab_file = self._vocab_file()
+        if self.labels is None and vocab_file is not None and vocab_file.is_file():
+            self.labels = json.loads(vocab_file.read_text())["labels"]  # the train file did not change
         key = self._cache_key() if self.labels is not None else None
         cached = cache.load(self.cache_dir, key) if key else None
         if cached is None:
@@ -216,6 +240,8 @@ class HeadDataModule(L.LightningDataModule):
                 raise DataError(f"data={where}: there is no validation split (data.validation_file)")
             if self.labels is None:
                 self.labels = sort_labels(names)
+                if vocab_file is not None:
+                    cache.store_json(vocab_file, {"labels": self.labels})
                 key = self._cache_key()
                 cached = cache.load(self.cache_dir, key) if key else None
         if cached is not None:
