@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from test_train import FAST, read_metrics, run_train
 
 DATASETS = ["wordnet_gloss", "wordnet_lemma", "wordnet_examples", "wordnet_tagging"]
