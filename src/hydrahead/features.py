@@ -17,12 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
 from .data.datamodule import SPLITS, Collator, EpochBatchSampler
 from .data.encode import IGNORE
 
@@ -173,16 +172,9 @@ class FeatureCache:
         return best[1] if best else None
 
     def store(self, layers: list[int], payload: dict) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / ("layers-" + "-".join(str(i) for i in layers) + ".pt")
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".pt")
-        os.close(fd)
-        try:
+        with atomic_path(target) as tmp:
             torch.save(payload, tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return target
 
 

@@ -74,9 +74,10 @@ register_resolvers()
 
 def write_json(path: Path, payload: dict) -> None:
     """Write atomically: a reader (compare, a sweep monitor) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
+    from hydrahead.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str))
 
 
 def _hydra_job_info() -> dict:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
+
+from hydrahead.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +72,13 @@ def load(cache_dir: str | Path, key: str):
 def store(cache_dir: str | Path, key: str, payload) -> Path:
     import torch
 
-    directory = Path(cache_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{key}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    target = Path(cache_dir) / f"{key}.pt"
+    with atomic_path(target) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, directory / f"{key}.pt")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return directory / f"{key}.pt"
+    return target
 
 
 def store_json(path: str | Path, payload) -> None:
     """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload))
