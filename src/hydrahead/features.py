@@ -121,6 +121,7 @@ def _compute_split(
     collate = Collator(pad_id, level, task, num_labels)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     chunks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    out: dict[str, torch.Tensor] = {}  # sequence level: filled in place, no per-input copies to join
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         batch = collate([features[i] for i in index])
@@ -136,12 +137,18 @@ def _compute_split(
                 layers=layers,
             )
         reps = reps.float().cpu()
+        if level == "sequence":
+            if not out:
+                out["features"] = reps.new_empty((len(features), *reps.shape[1:]))
+                out["labels"] = labels.new_empty((len(features), *labels.shape[1:]))
+            out["features"][index] = reps
+            out["labels"][index] = labels
+            continue
         for row, i in enumerate(index):
-            if level == "sequence":
-                chunks[i] = (reps[row : row + 1], labels[row : row + 1])
-            else:
-                keep = _rows_kept(labels[row], task)
-                chunks[i] = (reps[row][keep], labels[row][keep])
+            keep = _rows_kept(labels[row], task)
+            chunks[i] = (reps[row][keep], labels[row][keep])
+    if level == "sequence":
+        return {**out, "offsets": torch.arange(len(features) + 1)}
     rows = [chunks[i] for i in range(len(features))]
     counts = torch.tensor([len(r[1]) for r in rows])
     return {

@@ -10,6 +10,7 @@ torch, transformers, Lightning and W&B load only when a run starts.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import os
@@ -434,6 +435,8 @@ def train(cfg: DictConfig) -> float | None:
         payload["wall_s"] = round(time.perf_counter() - start, 3)
         write_json(status_file, payload)
         _finish_wandb(payload["status"] == "completed")
+        # Trainer and module hold each other: free this job's model before a sweep's next job builds one.
+        gc.collect()
 
 
 def _finish_wandb(ok: bool) -> None:
