@@ -412,6 +412,7 @@ def train(cfg: DictConfig) -> float | None:
     os.environ.setdefault("MPLCONFIGDIR", str(cache_dir / "matplotlib"))  # imported by logging libraries
     start = time.perf_counter()
     status_file = run_dir / "metrics.json"
+    secrets = secret_values(cfg)  # resolved once: the whole config is walked
     payload: dict = {
         "status": "running",
         "monitor": cfg.task.monitor,
@@ -420,7 +421,7 @@ def train(cfg: DictConfig) -> float | None:
         "pid": os.getpid(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seed": cfg.seed,
-        "overrides": [redact(o, secret_values(cfg)) for o in _hydra_job_info().get("overrides", [])],
+        "overrides": [redact(o, secrets) for o in _hydra_job_info().get("overrides", [])],
     }
     try:
         validate(cfg)
