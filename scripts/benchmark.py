@@ -332,11 +332,12 @@ def main() -> int:
         print("BENCH " + json.dumps(CHILDREN[args.child](args)), flush=True)
         return 0
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    cache = Path(args.work) / "cache"
-    if cache.exists():  # every run pays for its own feature pass
-        import shutil
+    # Every invocation starts clean: it pays for its own feature pass, and no row resumes a run
+    # directory (hydrahead-train resumes its own last.ckpt) or reads another invocation's results.
+    import shutil
 
-        shutil.rmtree(cache)
+    for stale in [Path(args.work) / "cache", *Path(args.work).glob("hydrahead-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     names = args.only.split(",") if args.only else list(CHILDREN)
     results = {}
     for name in names:

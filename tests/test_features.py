@@ -66,8 +66,9 @@ def test_one_backbone_pass_serves_every_job_of_a_multirun(tmp_path, monkeypatch,
     run_train(args, tmp_path / "sweep", monkeypatch, multirun=True)
     jobs = [read_metrics(tmp_path / "sweep" / n) for n in ("0", "1")]
     assert [j["feature_cache"] for j in jobs] == ["computed", "hit"]
-    # 64 + 32 + 32 inputs (FAST) in batches of 64: one pass for the whole sweep, not one per job and epoch
-    assert len(count_backbone_calls) == 3
+    # 64 + 32 + 32 inputs (FAST) in batches of data.batch_size=16: one pass for the whole sweep,
+    # not one per job and epoch
+    assert len(count_backbone_calls) == 4 + 2 + 2
     assert jobs[0]["metrics"]["val/acc"] >= 0
 
 
@@ -117,6 +118,12 @@ def test_lower_layer_reuses_an_entry_that_holds_it(tmp_path, monkeypatch):
     assert read_metrics(tmp_path / "low")["feature_cache"] == "hit"
     entries = list((tmp_path / "cache" / "features").glob("*/layers-*.pt"))
     assert [p.name for p in entries] == ["layers-0-1-2-3-4.pt"]
+    # Layer 2 picked out of the five-layer entry is what a pass truncated at layer 2 stores.
+    own = [*base[:-2], f"paths.cache_dir={tmp_path}/own", "backbone.cache_layers=read", "head.layer=2"]
+    run_train(own, tmp_path / "own", monkeypatch)
+    assert read_metrics(tmp_path / "own")["feature_cache"] == "computed"
+    low, alone = read_metrics(tmp_path / "low")["metrics"], read_metrics(tmp_path / "own")["metrics"]
+    assert low == pytest.approx(alone, abs=1e-6)
 
 
 def test_only_the_layers_read_are_stored_by_default(tmp_path, monkeypatch):
@@ -128,7 +135,8 @@ def test_only_the_layers_read_are_stored_by_default(tmp_path, monkeypatch):
     (entry,) = (tmp_path / "c" / "features").glob("*/layers-*.pt")
     assert entry.name == "layers-1-3.pt"
     payload = torch.load(entry, weights_only=True)
-    assert payload["splits"]["train"]["features"].shape[-2:] == (2, 32)  # 2 layers x hidden 32
+    features = payload["splits"]["train"]["features"]  # layer-major: [layers, rows, hidden]
+    assert features.shape[0] == 2 and features.shape[-1] == 32
 
 
 def test_half_precision_storage(tmp_path, monkeypatch):
@@ -155,10 +163,10 @@ def test_token_features_keep_only_labelled_rows():
         labels[i] = w % 2
     feature = {**{k: list(v) for k, v in enc.items()}, "labels": labels}
     out = compute_split(model, [feature], "token", "multiclass", 2, tokenizer.pad_token_id, [4])
-    assert out["features"].shape == (3, 1, 32) and out["offsets"].tolist() == [0, 3]
+    assert out["features"].shape == (1, 3, 32) and out["offsets"].tolist() == [0, 3]  # [layers, rows, H]
     with torch.no_grad():
         full = model.backbone(**{k: torch.tensor([v]) for k, v in enc.items()}, output_hidden_states=True)
-    assert torch.allclose(out["features"][:, 0], full.hidden_states[4][0, sorted(first.values())], atol=1e-6)
+    assert torch.allclose(out["features"][0], full.hidden_states[4][0, sorted(first.values())], atol=1e-6)
     assert model.training  # the pass leaves the module's mode as it found it
 
 

@@ -114,6 +114,20 @@ def test_learning_happens_on_synthetic_topics(tmp_path, monkeypatch):
     assert metrics["test/acc"] > 0.8  # 4 balanced topics: chance is 0.25
 
 
+def test_adamw_uses_fused_kernels_unless_told_not_to(tmp_path, monkeypatch):
+    def fused(run_dir):
+        state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        return {group.get("fused") for group in state["optimizer_states"][0]["param_groups"]}
+
+    run_train([*FAST, "export=false"], tmp_path / "auto", monkeypatch)
+    run_train([*FAST, "export=false", "optimizer.fused=false"], tmp_path / "off", monkeypatch)
+    assert fused(tmp_path / "auto") == {True}  # CPU has fused AdamW kernels (torch >= 2.4)
+    assert fused(tmp_path / "off") == {None}
+    # Fused or not, it is the same optimizer: the same metrics within float tolerance.
+    auto, off = read_metrics(tmp_path / "auto")["metrics"], read_metrics(tmp_path / "off")["metrics"]
+    assert auto == pytest.approx(off, abs=1e-4)
+
+
 def test_same_seed_same_metrics(tmp_path, monkeypatch):
     args = [*FAST, "seed=3", "export=false"]
     run_train(args, tmp_path / "a", monkeypatch)

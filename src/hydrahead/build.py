@@ -28,6 +28,29 @@ def label_maps(labels: int | Sequence[str]) -> tuple[dict[int, str], dict[str, i
     return dict(enumerate(names)), {name: i for i, name in enumerate(names)}
 
 
+def random_backbone(truncated_config, full_depth: int):
+    """Random weights that depend on the seed alone, not on the highest layer a head reads.
+
+    Every layer is drawn, then the unread ones dropped: a head on layer 2 sits on the same layers
+    0..2 as a head on layer 4 (so a random-encoder baseline is one network across a layer sweep, and
+    a feature cache entry computed for one depth is right for every lower one).
+    """
+    import copy
+
+    from transformers import AutoModel
+
+    from .modeling.modeling_hydrahead import find_layer_list
+
+    full = copy.deepcopy(truncated_config)
+    full.num_hidden_layers = full_depth
+    backbone = AutoModel.from_config(full)
+    keep = truncated_config.num_hidden_layers
+    if keep < full_depth:
+        del find_layer_list(backbone)[keep:]
+        backbone.config.num_hidden_layers = keep
+    return backbone
+
+
 def build_model(
     name_or_path: str = EMBEDDED_ID,
     *,
@@ -72,8 +95,8 @@ def build_model(
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        backbone = None
-        if pretrained and not is_tiny(name_or_path):
+        loaded = pretrained and not is_tiny(name_or_path)
+        if loaded:
             backbone = load_backbone_weights(
                 name_or_path,
                 config.backbone_config,
@@ -82,10 +105,12 @@ def build_model(
                 dtype=dtype,
                 attn_implementation=attn_implementation,
             )
-        elif attn_implementation:
-            config.backbone_config._attn_implementation = attn_implementation
+        else:
+            if attn_implementation:
+                config.backbone_config._attn_implementation = attn_implementation
+            backbone = random_backbone(config.backbone_config, config.backbone_layers)
         model = HydraHeadModel(config, backbone=backbone)
-        if backbone is None and dtype not in (None, "auto"):  # random weights: honour dtype too
+        if not loaded and dtype not in (None, "auto"):  # random weights: honour dtype too
             model.backbone.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     if resize_token_embeddings:
         model.resize_token_embeddings(resize_token_embeddings)

@@ -183,6 +183,8 @@ class OptimizerConfig:
     eps: float = 1e-8
     momentum: float = 0.9
     """SGD only."""
+    fused: bool | None = None
+    """AdamW only. null: fused kernels where the device has them (CPU, CUDA); false: never; true: required."""
 
     def __post_init__(self):
         _choice("optimizer.name", self.name, ("adamw", "sgd"))
@@ -298,7 +300,14 @@ class TrainConfig:
     """Resume from this Lightning checkpoint (e.g. <run>/checkpoints/last.ckpt)."""
     export: bool = True
     """Write the HF export to <run>/model after training."""
+    malloc: str = "auto"
+    """C heap policy (glibc). compact: buffers of 1 MiB and more are mmapped, so freed activations go
+    back to the OS instead of fragmenting the heap (peak RSS near live memory; CPU steps a few % slower).
+    glibc: its own dynamic policy. auto: compact while a trainable backbone trains on the CPU."""
     debug: Any = None
+
+    def __post_init__(self):
+        _choice("malloc", self.malloc, ("auto", "compact", "glibc"))
 
 
 def register_configs() -> None:

@@ -100,26 +100,30 @@ def compute_split(
     num_labels: int,
     pad_id: int,
     layers: list[int],
-    batch_size: int = 64,
+    batch_size: int = 32,
     autocast_dtype=None,
+    store_dtype: torch.dtype = torch.float32,
 ) -> dict:
-    """One no-grad pass over a split: per-layer representations plus labels, in input order."""
+    """One no-grad pass over a split, in input order: labels, and per-layer representations stored
+    layer-major (``[L, rows, H]``: each layer one contiguous block) in ``store_dtype``."""
     was_training = model.training
     model.eval()
     try:
         return _compute_split(
-            model, features, level, task, num_labels, pad_id, layers, batch_size, autocast_dtype
+            model, features, level, task, num_labels, pad_id, layers, batch_size, autocast_dtype, store_dtype
         )
     finally:
         model.train(was_training)  # Lightning keeps module modes as it finds them
 
 
 def _compute_split(
-    model, features, level, task, num_labels, pad_id, layers, batch_size, autocast_dtype
+    model, features, level, task, num_labels, pad_id, layers, batch_size, autocast_dtype, store_dtype
 ) -> dict:
     device = next(model.parameters()).device
     collate = Collator(pad_id, level, task, num_labels)
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    # Longest batches first: the allocator's first (largest) buffers are reused by every shorter batch
+    # after them, so peak memory stays near one batch's working set; an out-of-memory error comes at once.
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
     chunks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     out: dict[str, torch.Tensor] = {}  # sequence level: filled in place, no per-input copies to join
     for start in range(0, len(order), batch_size):
@@ -136,23 +140,23 @@ def _compute_split(
                 None if mask_indices is None else mask_indices.to(device),
                 layers=layers,
             )
-        reps = reps.float().cpu()
+        reps = reps.to(device="cpu", dtype=store_dtype).movedim(-2, 0)  # layer-major: [L, B, ...]
         if level == "sequence":
             if not out:
-                out["features"] = reps.new_empty((len(features), *reps.shape[1:]))
+                out["features"] = reps.new_empty((reps.shape[0], len(features), *reps.shape[2:]))
                 out["labels"] = labels.new_empty((len(features), *labels.shape[1:]))
-            out["features"][index] = reps
+            out["features"][:, index] = reps
             out["labels"][index] = labels
             continue
         for row, i in enumerate(index):
             keep = _rows_kept(labels[row], task)
-            chunks[i] = (reps[row][keep], labels[row][keep])
+            chunks[i] = (reps[:, row][:, keep], labels[row][keep])
     if level == "sequence":
         return {**out, "offsets": torch.arange(len(features) + 1)}
     rows = [chunks[i] for i in range(len(features))]
     counts = torch.tensor([len(r[1]) for r in rows])
     return {
-        "features": torch.cat([r[0] for r in rows]),
+        "features": torch.cat([r[0] for r in rows], dim=1),
         "labels": torch.cat([r[1] for r in rows]),
         "offsets": torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
     }
@@ -205,13 +209,20 @@ def load_features(
     needed = list(model.layer_indices)
     cache = FeatureCache(
         cache_dir,
-        {**key_parts, "kind": representation_kind(model), "dtype": dtype, "autocast": str(autocast_dtype)},
+        {
+            **key_parts,
+            "kind": representation_kind(model),
+            "dtype": dtype,
+            "autocast": str(autocast_dtype),
+            "layout": "layer-major",
+        },
     )
     found = cache.find(needed)
     status = "hit"
     if found is not None:
         try:
-            payload = torch.load(found, weights_only=True)
+            # Memory-mapped: only the pages of the layers read are touched (an entry may hold many).
+            payload = torch.load(found, weights_only=True, mmap=True)
         except Exception as err:  # a damaged entry is a miss, never a crash
             log.warning("feature cache entry %s unreadable (%s); recomputing", found, err)
             found = None
@@ -230,16 +241,21 @@ def load_features(
                 len(datamodule.labels),
                 datamodule.tokenizer.pad_token_id,
                 layers,
+                batch_size=datamodule.eval_batch_size,
                 autocast_dtype=autocast_dtype,
+                store_dtype=DTYPES[dtype],
             )
-            result["features"] = result["features"].to(DTYPES[dtype])
             payload["splits"][split] = result
         found = cache.store(layers, payload)
     held = payload["layers"].tolist()
     pick = torch.tensor([held.index(i) for i in needed])
     splits = {}
     for split, data in payload["splits"].items():
-        splits[split] = {**data, "features": data["features"].index_select(-2, pick)}
+        splits[split] = {
+            "features": data["features"].index_select(0, pick).movedim(0, -2).contiguous(),
+            "labels": data["labels"].clone(),  # copies: the entry's file mapping is released
+            "offsets": data["offsets"].clone(),
+        }
     log.info(
         "feature cache %s: %s (%s)",
         status,

@@ -244,7 +244,9 @@ def _route_library_logs() -> None:
 def fit(cfg: DictConfig, run_dir: Path) -> dict:
     """Train, evaluate the best checkpoint and export; returns the metrics.json payload."""
     import lightning as L
+    from lightning.pytorch.accelerators import CPUAccelerator
 
+    from hydrahead import malloc
     from hydrahead.backbones import load_tokenizer
     from hydrahead.build import build_model
     from hydrahead.data.datamodule import HeadDataModule
@@ -316,6 +318,12 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         enable_progress_bar=cfg.callbacks.rich_progress_bar,
         enable_model_summary=False,
     )
+    heap = malloc.policy(
+        cfg.malloc,
+        trains_backbone=any(p.requires_grad for p in model.backbone.parameters()),
+        on_cpu=isinstance(trainer.accelerator, CPUAccelerator),
+    )
+    log.info("C heap: %s", heap)
     trainer.fit(module, datamodule=training_data, ckpt_path=ckpt_path)
     if trainer.received_sigterm:  # Lightning stops quietly; this run must not look finished
         raise RuntimeError(
@@ -347,6 +355,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
         "params_total": params_total,
         "labels": datamodule.labels,
         "feature_cache": feature_cache,
+        "malloc": heap,
         "train_s": round(throughput.seconds, 3),
         "train_samples_per_s": throughput.samples_per_s,
     }
@@ -436,8 +445,19 @@ def train(cfg: DictConfig) -> float | None:
         payload["wall_s"] = round(time.perf_counter() - start, 3)
         write_json(status_file, payload)
         _finish_wandb(payload["status"] == "completed")
-        # Trainer and module hold each other: free this job's model before a sweep's next job builds one.
-        gc.collect()
+        _release_memory()
+
+
+def _release_memory() -> None:
+    """Free this job's model and hand its memory back before a sweep's next job builds one.
+
+    Trainer and module hold each other (a cycle: ``gc``); glibc keeps freed heap pages resident, so
+    without a trim each job of a multirun would start from the previous job's peak.
+    """
+    from hydrahead import malloc
+
+    gc.collect()
+    malloc.trim()
 
 
 def _finish_wandb(ok: bool) -> None:

@@ -278,6 +278,10 @@ class HeadDataModule(L.LightningDataModule):
         return self
 
     @property
+    def eval_batch_size(self) -> int:
+        return self.cfg.eval_batch_size or self.cfg.batch_size
+
+    @property
     def has_test(self) -> bool:
         return "test" in self.splits
 
@@ -289,7 +293,7 @@ class HeadDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         features = self.splits[split].features
-        batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
+        batch_size = self.cfg.batch_size if train else self.eval_batch_size
         # An own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
         # which shifts every dropout mask after it (and would set token batches apart from cached ones).
         common = dict(
