@@ -45,7 +45,7 @@ def trim() -> bool:
 
 
 def policy(setting: str, trains_backbone: bool, on_cpu: bool) -> str:
-    """Apply ``malloc`` (auto / compact / glibc) for a job; returns what the job ran with (for metrics.json)."""
+    """Apply ``malloc`` (auto / compact / glibc) for a job; returns what it ran with (metrics.json)."""
     if setting == "glibc":
         return "glibc"
     if setting == "auto" and not (trains_backbone and on_cpu):
