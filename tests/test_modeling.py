@@ -209,6 +209,17 @@ def test_truncated_backbone_matches_full_model_hidden_states(family, layer):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_random_weights_do_not_depend_on_the_layer_read(family):
+    shallow, _ = build_model(f"tiny:{family}", labels=NUM_LABELS, head={"layer": 1}, seed=5)
+    deep, _ = build_model(f"tiny:{family}", labels=NUM_LABELS, head={"layer": -1}, seed=5)
+    low, high = shallow.backbone.state_dict(), deep.backbone.state_dict()
+    assert len(low) < len(high)
+    assert all(torch.equal(low[k], high[k]) for k in low)  # layers 0..1 are the same network
+    other, _ = build_model(f"tiny:{family}", labels=NUM_LABELS, head={"layer": 1}, seed=6)
+    assert not all(torch.equal(low[k], v) for k, v in other.backbone.state_dict().items())
+
+
 # -- tasks, levels, label shapes -----------------------------------------------------------------
 
 
