@@ -23,6 +23,12 @@ def _batch(tokenizer, level: str) -> dict:
     return batch
 
 
+def _label_prefix(batch: dict, level: str) -> tuple:
+    """The leading label dims for ``level``: [B], [B, T] or [B, M] (M = 3 positions in ``_batch``)."""
+    B, T = batch["input_ids"].shape
+    return {"sequence": (B,), "token": (B, T), "positions": (B, 3)}[level]
+
+
 # -- freeze -----------------------------------------------------------------------------------------
 
 
@@ -228,8 +234,7 @@ def test_random_weights_do_not_depend_on_the_layer_read(family):
 def test_output_and_label_shapes(task, level):
     model, tokenizer = build_model("tiny:bert", labels=NUM_LABELS, task=task, level=level)
     batch = _batch(tokenizer, level)
-    B, T = batch["input_ids"].shape
-    prefix = {"sequence": (B,), "token": (B, T), "positions": (B, 3)}[level]
+    prefix = _label_prefix(batch, level)
     if task == "multiclass":
         labels = torch.randint(0, NUM_LABELS, prefix)
     else:
@@ -294,8 +299,7 @@ def test_positions_multilabel_ignores_whole_detection_when_first_label_is_minus_
 def test_all_ignored_batch_gives_zero_loss_and_finite_grads(task, level):
     model, tokenizer = build_model("tiny:bert", labels=NUM_LABELS, task=task, level=level)
     batch = _batch(tokenizer, level)
-    B, T = batch["input_ids"].shape
-    prefix = {"sequence": (B,), "token": (B, T), "positions": (B, 3)}[level]
+    prefix = _label_prefix(batch, level)
     shape = prefix if task == "multiclass" else (*prefix, NUM_LABELS)
     labels = torch.full(shape, -100)
     if task == "multilabel":

@@ -15,7 +15,7 @@ import torch
 
 import hydrahead.backbones
 from hydrahead.train import main
-from test_train import FAST, read_metrics, run_train
+from test_train import FAST, read_metrics, run_train, train_cli
 
 BASE = ["backbone=tiny_bert", "data=synthetic_sequences", "logger=none"]
 
@@ -248,20 +248,14 @@ def test_nothing_is_written_outside_the_run_data_and_cache_dirs(tmp_path):
     }
     for key in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_DIR"):
         env.pop(key, None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "hydrahead.train", *FAST, "logger=wandb"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = train_cli(*FAST, "logger=wandb", env=env, cwd=cwd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list(home.rglob("*")) == [] and list(cwd.rglob("*")) == []
     assert {p.name for p in root.iterdir()} <= {"outputs", "data", ".cache"}
 
 
-def _cli(args: list[str], **kwargs) -> subprocess.Popen:
+def _start_train(args: list[str], **kwargs) -> subprocess.Popen:
+    """``python -m hydrahead.train *args`` started in the background (to be signalled)."""
     return subprocess.Popen(
         [sys.executable, "-m", "hydrahead.train", *args],
         stdout=subprocess.DEVNULL,
@@ -282,14 +276,9 @@ LONG = [a for a in FAST if "limit_train" not in a and "max_epochs" not in a and 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_interrupted_mid_epoch_then_resumed_equals_an_uninterrupted_run(sig, tmp_path):
-    full = subprocess.run(
-        [sys.executable, "-m", "hydrahead.train", *LONG, f"hydra.run.dir={tmp_path}/full"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    full = train_cli(*LONG, f"hydra.run.dir={tmp_path}/full", timeout=600)
     assert full.returncode == 0, full.stderr[-2000:]
-    proc = _cli([*LONG, f"hydra.run.dir={tmp_path}/cut"])
+    proc = _start_train([*LONG, f"hydra.run.dir={tmp_path}/cut"])
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not last.exists() and time.time() < deadline:
@@ -299,19 +288,7 @@ def test_interrupted_mid_epoch_then_resumed_equals_an_uninterrupted_run(sig, tmp
     proc.wait(timeout=120)
     assert proc.returncode != 0
     assert torch.load(last, weights_only=True)["epoch"] == 0  # the intact end-of-epoch checkpoint
-    resumed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hydrahead.train",
-            *LONG,
-            f"ckpt_path={last}",
-            f"hydra.run.dir={tmp_path}/resumed",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = train_cli(*LONG, f"ckpt_path={last}", f"hydra.run.dir={tmp_path}/resumed", timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert read_metrics(tmp_path / "resumed")["metrics"] == read_metrics(tmp_path / "full")["metrics"]
     assert read_metrics(tmp_path / "cut")["status"] in ("failed", "running")  # running: SIGKILL left no word
@@ -330,7 +307,7 @@ def test_killing_one_job_of_a_local_sweep_spares_the_others(tmp_path):
         f"hydra.sweep.dir={sweep}",
         "trainer.max_epochs=2",
     ]
-    proc = _cli(args)
+    proc = _start_train(args)
     victim = None
     deadline = time.time() + 300
     while victim is None and time.time() < deadline:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from hydrahead.paths import experiments_dir
-from test_train import FAST, read_metrics, run_train
+from test_train import FAST, read_metrics, run_train, train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = [*FAST, "export=false"]
@@ -101,20 +99,13 @@ def test_single_task_slurm_job_uses_the_plain_environment(monkeypatch):
 
 
 def test_slurm_launcher_preset_exposes_the_cluster_knobs():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hydrahead.train",
-            "hydra/launcher=slurm",
-            "hydra.launcher.partition=gpu",
-            "hydra.launcher.account=lab",
-            "hydra.launcher.qos=high",
-            "--cfg",
-            "hydra",
-        ],
-        capture_output=True,
-        text=True,
+    out = train_cli(
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.account=lab",
+        "hydra.launcher.qos=high",
+        "--cfg",
+        "hydra",
         timeout=60,
         check=True,
     ).stdout
@@ -129,21 +120,14 @@ def test_slurm_launcher_preset_exposes_the_cluster_knobs():
 
 @pytest.mark.slow
 def test_2x2_multirun_through_the_local_launcher(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hydrahead.train",
-            "-m",
-            "hydra/launcher=local",
-            *QUICK,
-            "head=linear,mlp",
-            "seed=0,1",
-            f"hydra.sweep.dir={tmp_path}",
-            f"paths.root_dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
+    proc = train_cli(
+        "-m",
+        "hydra/launcher=local",
+        *QUICK,
+        "head=linear,mlp",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path}",
+        f"paths.root_dir={tmp_path}",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -201,21 +201,26 @@ def test_failed_run_records_status_and_error(tmp_path, monkeypatch):
     assert "dev.jsonl:1: label 'zebra'" in metrics["error"]
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def train_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m hydrahead.train *args`` in a fresh process, output captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", "hydrahead.train", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-m", "hydrahead.train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
     )
 
 
 def test_typo_override_fails_at_compose_time_naming_the_key(tmp_path):
-    proc = _cli("head.hiden_layers=[8]", f"paths.root_dir={tmp_path}", cwd=tmp_path)
+    proc = train_cli("head.hiden_layers=[8]", f"paths.root_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode != 0
     assert "hiden_layers" in proc.stderr + proc.stdout
     assert not list(tmp_path.rglob("metrics.json"))  # nothing ran
 
 
 def test_wrong_type_fails_naming_the_key(tmp_path):
-    proc = _cli("trainer.max_epochs=lots", f"paths.root_dir={tmp_path}", cwd=tmp_path)
+    proc = train_cli("trainer.max_epochs=lots", f"paths.root_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode != 0
     assert "trainer.max_epochs" in proc.stderr + proc.stdout
 
