@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 import hydrahead.train  # noqa: F401  (registers the schema and resolvers)
 from hydrahead.config import validate
-from hydrahead.paths import config_dir, experiments_dir
+from hydrahead.utils.paths import config_dir, experiments_dir
 
 # Groups whose options need a matching data level to validate.
 NEEDS = {

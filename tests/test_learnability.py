@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hydrahead.build import build_model
-from hydrahead.paths import head_presets
+from hydrahead.utils.paths import head_presets
 
 NUM_LABELS = 3
 STEPS = 150

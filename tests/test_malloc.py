@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from hydrahead import malloc
+from hydrahead.utils import malloc
 from test_train import FAST, read_metrics, run_train
 
 # 64 buffers of 2 MiB, each followed by a small long-lived one, then the big ones are freed.
 HOLES = r"""
 import sys, torch
-from hydrahead import malloc
+from hydrahead.utils import malloc
 def rss(): return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
 if sys.argv[1] == "compact": assert malloc.compact()
 big = torch.ones(2 << 20); del big  # one freed 8 MiB buffer: glibc's dynamic threshold climbs past it

@@ -11,7 +11,7 @@ from hydrahead.backbones import EMBEDDED_ID, resolve_name_or_path
 from hydrahead.build import build_model
 from hydrahead.export import AUTO_CLASS_FOR_LEVEL, export_model, logits_in_fresh_process
 from hydrahead.modeling import find_layer_list
-from hydrahead.paths import head_presets
+from hydrahead.utils.paths import head_presets
 
 pytestmark = pytest.mark.slow
 

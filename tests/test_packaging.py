@@ -31,7 +31,7 @@ def test_wheel_carries_configs_and_experiments(tmp_path):
         [
             sys.executable,
             "-c",
-            "import hydrahead.paths as p; print(p.__file__, p.config_dir(), p.experiments_dir())",
+            "import hydrahead.utils.paths as p; print(p.__file__, p.config_dir(), p.experiments_dir())",
         ],
         capture_output=True,
         text=True,

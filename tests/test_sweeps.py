@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from hydrahead.paths import experiments_dir
+from hydrahead.utils.paths import experiments_dir
 from test_train import FAST, read_metrics, run_train, train_cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hydrahead.paths import head_presets
+from hydrahead.utils.paths import head_presets
 
 FAST = [
     "backbone=tiny_bert",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
+from .utils.atomic import atomic_path
 from .data.datamodule import SPLITS, Collator, EpochBatchSampler
 from .data.encode import IGNORE
 

@@ -24,7 +24,7 @@ def default_data_dir() -> Path:
     """$HYDRAHEAD_DATA_DIR, else ``<project root>/data`` (as ``paths.data_dir`` in the configs)."""
     if os.environ.get("HYDRAHEAD_DATA_DIR"):
         return Path(os.environ["HYDRAHEAD_DATA_DIR"]).expanduser()
-    from hydrahead.paths import project_root
+    from hydrahead.utils.paths import project_root
 
     return project_root() / "data"
 

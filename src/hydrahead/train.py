@@ -27,7 +27,7 @@ import hydra.experimental.callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydrahead.config import ConfigError, register_configs, validate
-from hydrahead.paths import config_dir, project_root
+from hydrahead.utils.paths import config_dir, project_root
 
 log = logging.getLogger("hydrahead.train")
 
@@ -75,7 +75,7 @@ register_resolvers()
 
 def write_json(path: Path, payload: dict) -> None:
     """Write atomically: a reader (compare, a sweep monitor) never sees half a file."""
-    from hydrahead.atomic import atomic_path
+    from hydrahead.utils.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str))
@@ -246,7 +246,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict:
     import lightning as L
     from lightning.pytorch.accelerators import CPUAccelerator
 
-    from hydrahead import malloc
+    from hydrahead.utils import malloc
     from hydrahead.backbones import load_tokenizer
     from hydrahead.build import build_model
     from hydrahead.data.datamodule import HeadDataModule
@@ -454,7 +454,7 @@ def _release_memory() -> None:
     Trainer and module hold each other (a cycle: ``gc``); glibc keeps freed heap pages resident, so
     without a trim each job of a multirun would start from the previous job's peak.
     """
-    from hydrahead import malloc
+    from hydrahead.utils import malloc
 
     gc.collect()
     malloc.trim()

