@@ -5,7 +5,7 @@
     python scripts/benchmark.py --device cuda --precision bf16   # on a GPU
 
 (a) A four-head sweep on frozen all-MiniLM-L6-v2 (linear on CLS, MLP [256], MLP [512, 256], linear on
-    hidden_states[3] CLS): hydrahead-train jobs in one process, against the same sweep written the
+    hidden_states[3] CLS): hydrahead.run jobs in one process, against the same sweep written the
     way a typical user writes it with HF Trainer (frozen AutoModel + a custom head, one run per head).
 (b) Full fine-tuning throughput (training samples/s, one epoch), hydrahead against HF Trainer with
     the same batch size, max_length and data.
@@ -40,15 +40,13 @@ def peak_rss_mb() -> float:
 
 
 def load_glosses(args) -> dict:
+    from hydrahead.data.prepare import ensure_prepared
     from hydrahead.data.readers import read_examples
-    from hydrahead.prepare import ensure_prepared
 
     folder = ensure_prepared("wordnet_gloss", Path(args.data_dir))
-    from omegaconf import OmegaConf
-
     from hydrahead.config import DataConfig
 
-    cfg = OmegaConf.structured(DataConfig(name="wordnet_gloss"))
+    cfg = DataConfig(name="wordnet_gloss")
     train = read_examples(folder / "train.jsonl", cfg, "multiclass")
     val = read_examples(folder / "validation.jsonl", cfg, "multiclass")
     labels = sorted({e["label"] for e in train})
@@ -151,7 +149,7 @@ def hf_trainer(args, mode: str) -> dict:
 
 # -- (a) and (b) through hydrahead -------------------------------------------------------------------
 def hydrahead_runs(args, mode: str) -> dict:
-    from hydrahead.train import main
+    from hydrahead import compose, run
 
     data_dir = str(Path(args.data_dir).resolve())
     common = [
@@ -187,10 +185,8 @@ def hydrahead_runs(args, mode: str) -> dict:
                 "export=false",
             ]
         )
-        sys.argv = ["hydrahead-train", *common, *overrides, *extra, f"hydra.run.dir={run_dir}"]
         tic = time.perf_counter()
-        main()
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = run(compose([*common, *overrides, *extra], output_dir=run_dir)).record
         rows[name] = {
             "val_acc": metrics["metrics"].get("val/acc"),
             "wall_s": time.perf_counter() - tic,
@@ -292,8 +288,8 @@ def warm_imports() -> None:
     from transformers import AutoModel, Trainer  # noqa: F401
 
     import hydrahead.data.datamodule
-    import hydrahead.features
-    import hydrahead.modeling
+    import hydrahead.data.features
+    import hydrahead.modeling.modeling_hydrahead
     import hydrahead.training.module  # noqa: F401
 
 

@@ -1,4 +1,4 @@
-"""Shared setup for the model tests: offline, quiet, seeded, tiny encoders only.
+"""Shared setup: offline, quiet, seeded, tiny encoders only; the runners every test file uses.
 
 The environment is set at import time, before any test module imports transformers: several of
 these variables (HF_MODULES_CACHE above all) are read once when transformers is first imported.
@@ -6,9 +6,13 @@ these variables (HF_MODULES_CACHE above all) are read once when transformers is 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 _MODULES_CACHE = tempfile.mkdtemp(prefix="hydrahead-test-modules-")
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -30,6 +34,72 @@ hf_logging.disable_progress_bar()
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 hf_logging.set_verbosity_error()
 
+# -- runners: a training run as the CLI, the Python API or a fresh process gives it ----------------
+FAST = [
+    "backbone=tiny_bert",
+    "data=synthetic_sequences",
+    "trainer.max_epochs=1",
+    "++trainer.limit_train_batches=2",
+    "++trainer.limit_val_batches=1",
+    "data.num_train=64",
+    "data.num_validation=32",
+    "data.num_test=32",
+    "data.batch_size=16",
+    "callbacks.rich_progress_bar=false",
+    "logger=none",
+]
+DATA_FOR_LEVEL = {
+    "sequence": "synthetic_sequences",
+    "token": "synthetic_tokens",
+    "positions": "synthetic_positions",
+}
+
+
+def _latest(args: list[str]) -> list[str]:
+    """A later override of a key replaces an earlier one."""
+    latest = {arg.split("=", 1)[0]: arg for arg in args}
+    return [arg for arg in args if latest[arg.split("=", 1)[0]] is arg]
+
+
+def run_job(args: list[str], run_dir: Path):
+    """``hydrahead.run(compose(ARGS))`` in this process, writing into ``run_dir``: the Python API."""
+    from hydrahead import compose, run
+
+    return run(compose([*_latest(args), f"paths.root_dir={run_dir}"], output_dir=run_dir))
+
+
+def run_train(args: list[str], run_dir: Path, monkeypatch, multirun: bool = False):
+    """``hydrahead-train ARGS`` (the CLI: preflight, Hydra, run) in this process, writing into ``run_dir``."""
+    from hydrahead.cli.train import main
+
+    where = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
+    argv = [
+        "hydrahead-train",
+        *(["-m"] if multirun else []),
+        *_latest(args),
+        where,
+        f"paths.root_dir={run_dir}",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    return main()
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def train_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m hydrahead.cli.train *args`` in a fresh process, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "hydrahead.cli.train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+# -- tiny models -----------------------------------------------------------------------------
 FAMILIES = ("bert", "roberta", "distilbert", "electra", "deberta-v2")
 TEXTS = ["the big cat runs to the river", "a dog eats"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import hydrahead.train  # noqa: F401  (registers the schema and resolvers)
+import hydrahead.cli.train  # noqa: F401  (registers the schema and resolvers)
 from hydrahead.config import validate
 from hydrahead.utils.paths import config_dir, experiments_dir
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from hydrahead.backbones import tiny_tokenizer
 from hydrahead.config import DataConfig
 from hydrahead.data.datamodule import Collator, HeadDataModule
-from hydrahead.data.encode import IGNORE, DataError, build_label_vocab, encode
+from hydrahead.data.encode import DataError, build_label_vocab, encode
+from hydrahead.modeling import IGNORE_INDEX as IGNORE
 from hydrahead.data.readers import read_examples
 from hydrahead.training.metrics import EntityMetrics, is_bio
 
@@ -30,7 +30,7 @@ def roberta_tok():
 def data_cfg(fields=None, **kw):
     from hydrahead.config import FieldsConfig
 
-    return OmegaConf.structured(DataConfig(name="local", fields=FieldsConfig(**(fields or {})), **kw))
+    return DataConfig(name="local", fields=FieldsConfig(**(fields or {})), **kw)
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

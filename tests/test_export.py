@@ -12,11 +12,12 @@ import torch
 
 from conftest import encode
 from hydrahead.build import build_model
-from hydrahead.export import AUTO_CLASS_FOR_LEVEL, export_model, logits_in_fresh_process, native_head_kind
+from hydrahead.cli.selftest import AUTO_CLASS_FOR_LEVEL, logits_in_fresh_process
+from hydrahead.export import export_model, native_head_kind
 from hydrahead.modeling import HydraHeadModel
 
 NUM_LABELS = 3
-CODE_FILES = ("configuration_hydrahead.py", "modeling_hydrahead.py")
+CODE_FILES = ("configuration_hydrahead.py", "modeling_hydrahead.py", "head_spec.py")
 ALLOWED_IMPORTS = {"torch", "transformers", "__future__"}
 
 
@@ -144,12 +145,15 @@ def test_exported_code_imports_only_torch_and_transformers(exports):
     export, _ = exports["token"]
     modeling = _imports(export.dir / "modeling_hydrahead.py")
     configuration = _imports(export.dir / "configuration_hydrahead.py")
+    spec = _imports(export.dir / "head_spec.py")
     for found in (modeling, configuration):
         relative = {name for name in found if name.startswith(".")}
         absolute = {name.split(".")[0] for name in found - relative}
         assert absolute <= ALLOWED_IMPORTS, absolute
-        assert relative <= {".configuration_hydrahead"}, relative
+        assert relative <= {".configuration_hydrahead", ".head_spec"}, relative
     assert ".configuration_hydrahead" in modeling
+    assert ".head_spec" in configuration
+    assert spec <= {"__future__", "dataclasses", "typing"}, spec  # the head spec needs the stdlib only
     # The copies are the package's own files.
     package = Path(__import__("hydrahead.modeling").modeling.__file__).parent
     for name in CODE_FILES:

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers.models.bert import modeling_bert
 
+from conftest import FAST, read_metrics, run_train
 from hydrahead.build import build_model
-from hydrahead.features import FeatureCache, compute_split, use_cache
-from test_train import FAST, read_metrics, run_train
+from hydrahead.data.features import FeatureCache, compute_split, use_cache
 
 FROZEN = [a for a in FAST if "limit_train" not in a] + ["backbone.freeze=true", "export=false"]
 LEVELS = {"sequence": "synthetic_sequences", "token": "synthetic_tokens", "positions": "synthetic_positions"}
@@ -69,7 +69,11 @@ def test_one_backbone_pass_serves_every_job_of_a_multirun(tmp_path, monkeypatch,
     # 64 + 32 + 32 inputs (FAST) in batches of data.batch_size=16: one pass for the whole sweep,
     # not one per job and epoch
     assert len(count_backbone_calls) == 4 + 2 + 2
-    assert jobs[0]["metrics"]["val/acc"] >= 0
+    # the entry the first job computed serves the second job the features its own backbone gives
+    run_train(
+        [*FROZEN, "head=mlp", "head.hidden_layers=[8]", "backbone.cache=off"], tmp_path / "off", monkeypatch
+    )
+    assert jobs[1]["metrics"] == read_metrics(tmp_path / "off")["metrics"]
 
 
 def test_unfrozen_backbone_never_uses_the_cache(tmp_path, monkeypatch):

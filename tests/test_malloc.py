@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from conftest import FAST, read_metrics, run_train
 from hydrahead.utils import malloc
-from test_train import FAST, read_metrics, run_train
 
 # 64 buffers of 2 MiB, each followed by a small long-lived one, then the big ones are freed.
 HOLES = r"""

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from conftest import TEXTS, encode, head_input
 from hydrahead.backbones import EMBEDDED_ID, resolve_name_or_path
 from hydrahead.build import build_model
-from hydrahead.export import AUTO_CLASS_FOR_LEVEL, export_model, logits_in_fresh_process
+from hydrahead.cli.selftest import AUTO_CLASS_FOR_LEVEL, logits_in_fresh_process
+from hydrahead.export import export_model
 from hydrahead.modeling import find_layer_list
 from hydrahead.utils.paths import head_presets
 

@@ -45,7 +45,7 @@ def test_wheel_carries_configs_and_experiments(tmp_path):
         str(unpacked / "hydrahead" / "conf" / "experiment"),
     ]
     proc = subprocess.run(
-        [sys.executable, "-m", "hydrahead.train", "experiment=head_comparison", "--cfg", "job"],
+        [sys.executable, "-m", "hydrahead.cli.train", "experiment=head_comparison", "--cfg", "job"],
         capture_output=True,
         text=True,
         env=env,

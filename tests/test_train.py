@@ -5,48 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import DATA_FOR_LEVEL, FAST, read_metrics, run_job, run_train, train_cli
 from hydrahead.utils.paths import head_presets
-
-FAST = [
-    "backbone=tiny_bert",
-    "data=synthetic_sequences",
-    "trainer.max_epochs=1",
-    "++trainer.limit_train_batches=2",
-    "++trainer.limit_val_batches=1",
-    "data.num_train=64",
-    "data.num_validation=32",
-    "data.num_test=32",
-    "data.batch_size=16",
-    "callbacks.rich_progress_bar=false",
-    "logger=none",
-]
-DATA_FOR_LEVEL = {
-    "sequence": "synthetic_sequences",
-    "token": "synthetic_tokens",
-    "positions": "synthetic_positions",
-}
-
-
-def run_train(args: list[str], run_dir: Path, monkeypatch, multirun: bool = False):
-    """``hydrahead-train ARGS`` in this process, writing into ``run_dir``."""
-    from hydrahead.train import main
-
-    where = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
-    latest = {arg.split("=", 1)[0]: arg for arg in args}  # a later override of a key replaces an earlier one
-    args = [arg for arg in args if latest[arg.split("=", 1)[0]] is arg]
-    argv = ["hydrahead-train", *(["-m"] if multirun else []), *args, where, f"paths.root_dir={run_dir}"]
-    monkeypatch.setattr(sys, "argv", argv)
-    return main()
-
-
-def read_metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
-
 
 COMBOS = [
     (preset, task, level)
@@ -58,10 +22,11 @@ COMBOS = [
 
 
 @pytest.mark.parametrize(("preset", "task", "level"), COMBOS, ids=["-".join(c) for c in COMBOS])
-def test_short_fit_for_each_preset_task_level(preset, task, level, tmp_path, monkeypatch):
+def test_short_fit_for_each_preset_task_level(preset, task, level, tmp_path):
     args = [*FAST, f"head={preset}", f"task={task}", f"data={DATA_FOR_LEVEL[level]}", "export=false"]
-    run_train(args, tmp_path, monkeypatch)
+    result = run_job(args, tmp_path)
     metrics = read_metrics(tmp_path)
+    assert result.record == metrics and result.best == metrics["best"]  # run() returns what it wrote
     assert metrics["status"] == "completed"
     assert metrics["best"] == metrics["metrics"][metrics["monitor"]]
     expected = (
@@ -96,7 +61,7 @@ def test_run_directory_contract(tmp_path, monkeypatch):
     }
 
 
-def test_learning_happens_on_synthetic_topics(tmp_path, monkeypatch):
+def test_learning_happens_on_synthetic_topics(tmp_path):
     args = [
         "backbone=tiny_bert",
         "data=synthetic_sequences",
@@ -109,7 +74,7 @@ def test_learning_happens_on_synthetic_topics(tmp_path, monkeypatch):
         "export=false",
         "head.pooling=mean",
     ]
-    run_train(args, tmp_path, monkeypatch)
+    run_job(args, tmp_path)
     metrics = read_metrics(tmp_path)["metrics"]
     assert metrics["test/acc"] > 0.8  # 4 balanced topics: chance is 0.25
 
@@ -166,7 +131,7 @@ def test_resume_from_last_ckpt_ends_where_uninterrupted_run_ends(tmp_path, monke
 
 
 def test_multirun_with_wandb_gives_separate_offline_runs(tmp_path, monkeypatch):
-    from hydrahead.wandb_records import read_run
+    from wandb_records import read_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     args = [a for a in FAST if a != "logger=none"] + ["logger=wandb", "head=linear,mlp", "export=false"]
@@ -201,17 +166,6 @@ def test_failed_run_records_status_and_error(tmp_path, monkeypatch):
     assert "dev.jsonl:1: label 'zebra'" in metrics["error"]
 
 
-def train_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    """``python -m hydrahead.train *args`` in a fresh process, output captured as text."""
-    return subprocess.run(
-        [sys.executable, "-m", "hydrahead.train", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kwargs,
-    )
-
-
 def test_typo_override_fails_at_compose_time_naming_the_key(tmp_path):
     proc = train_cli("head.hiden_layers=[8]", f"paths.root_dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode != 0
@@ -228,7 +182,7 @@ def test_wrong_type_fails_naming_the_key(tmp_path):
 def test_cfg_job_stays_light(tmp_path):
     """Printing the config imports neither torch nor transformers (that is what keeps it ~2 s)."""
     code = (
-        "import sys; from hydrahead.train import main; sys.argv=['hydrahead-train','--cfg','job']\n"
+        "import sys; from hydrahead.cli.train import main; sys.argv=['hydrahead-train','--cfg','job']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'lightning') if m in sys.modules))"
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hydrahead.data import wordnet as wn
+from hydrahead.data.wordnet import sources, write
 
 LICENSE = (
     "  1 This software and database is being provided to you, the LICENSEE, by  \n"
@@ -472,9 +473,9 @@ def test_splits_leak_free_and_deterministic(tmp_path):
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """No system WordNet, no NLTK data, no env: only what a test puts in place is found."""
-    monkeypatch.setattr(wn, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "no-debian")
     nltk_home = tmp_path / "nltk_data"
-    monkeypatch.setattr(wn, "nltk_dirs", lambda: [nltk_home])
+    monkeypatch.setattr(sources, "nltk_dirs", lambda: [nltk_home])
     for var in ("WNHOME", wn.ARCHIVE_ENV, "NLTK_DATA"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HYDRAHEAD_ROOT", str(tmp_path / "root"))
@@ -523,7 +524,7 @@ def test_archive_search_order(isolated, monkeypatch):
     monkeypatch.setenv("WNHOME", str(home))
     assert wn.find_source(data_dir).path == home / "dict"
     debian = write_fixture(isolated / "debian", lexnames=False)
-    monkeypatch.setattr(wn, "DEBIAN_DIR", debian)
+    monkeypatch.setattr(sources, "DEBIAN_DIR", debian)
     found = wn.find_source(data_dir)
     assert found.path == debian and "wordnet-base" in str(found)
     # an explicit source beats everything
@@ -558,14 +559,14 @@ def test_write_is_atomic(tmp_path, net, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real(obj, *args, **kwargs)
 
-    monkeypatch.setattr(wn.json, "dumps", failing)
+    monkeypatch.setattr(write.json, "dumps", failing)
     with pytest.raises(KeyboardInterrupt):
         wn.write_dataset(gloss, tmp_path, "changed")
-    monkeypatch.setattr(wn.json, "dumps", real)
+    monkeypatch.setattr(write.json, "dumps", real)
     assert {f: (tmp_path / "wordnet_gloss" / f).read_bytes() for f in wn.FILES} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wordnet_gloss"]  # no temporary left
     with pytest.raises(KeyboardInterrupt):
-        monkeypatch.setattr(wn.json, "dumps", failing)
+        monkeypatch.setattr(write.json, "dumps", failing)
         calls["n"] = 0
         wn.write_dataset(wn.build_lemma(net), tmp_path, "fixture")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wordnet_gloss"]

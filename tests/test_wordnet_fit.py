@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_train import FAST, read_metrics, run_train
+from conftest import FAST, read_metrics, run_train
 
 DATASETS = ["wordnet_gloss", "wordnet_lemma", "wordnet_examples", "wordnet_tagging"]
 
@@ -12,7 +12,7 @@ DATASETS = ["wordnet_gloss", "wordnet_lemma", "wordnet_examples", "wordnet_taggi
 @pytest.fixture(scope="module")
 def wordnet_dir(tmp_path_factory):
     from hydrahead.data import wordnet
-    from hydrahead.prepare import ensure_prepared
+    from hydrahead.data.prepare import ensure_prepared
 
     data_dir = tmp_path_factory.mktemp("wordnet")
     try:

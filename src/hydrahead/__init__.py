@@ -1,7 +1,11 @@
 """hydrahead: composable classification heads over Hugging Face encoders.
 
-Importing the package is cheap; model symbols load on first use (and importing
-``hydrahead.modeling`` registers the model with the transformers Auto classes).
+Importing the package is cheap; everything loads on first use (and loading the model classes
+registers them with the transformers Auto classes)::
+
+    from hydrahead import compose, run
+    result = run(compose(["head=mlp", "backbone.freeze=true"]))   # as hydrahead-train head=mlp ...
+
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
+    "run": "hydrahead.pipeline",
+    "RunResult": "hydrahead.pipeline",
+    "compose": "hydrahead.config",
+    "load_run": "hydrahead.rundir",
     "HydraHeadConfig": "hydrahead.modeling",
     "HydraHeadModel": "hydrahead.modeling",
     "build_model": "hydrahead.build",

@@ -1,7 +1,8 @@
-"""One function from a backbone name and a head spec to a ready model and its tokenizer."""
+"""One function from a typed backbone config (or a name) and a head spec to a model and its tokenizer."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from .backbones import (
@@ -11,6 +12,8 @@ from .backbones import (
     load_backbone_weights,
     load_tokenizer,
 )
+from .config.schema import BackboneConfig
+from .modeling.head_spec import HeadSpec
 
 
 def label_maps(labels: int | Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
@@ -52,66 +55,68 @@ def random_backbone(truncated_config, full_depth: int):
 
 
 def build_model(
-    name_or_path: str = EMBEDDED_ID,
+    backbone: str | BackboneConfig = EMBEDDED_ID,
     *,
     labels: int | Sequence[str] = 2,
-    head: dict | None = None,
+    head: HeadSpec | dict | None = None,
     task: str = "multiclass",
     level: str = "sequence",
-    freeze: bool | int = False,
-    pretrained: bool = True,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    dtype: str | None = None,
-    attn_implementation: str | None = None,
-    resize_token_embeddings: int | None = None,
     seed: int = 0,
     tokenizer=None,
+    **backbone_options,
 ):
     """Build a :class:`HydraHeadModel` and the backbone's tokenizer.
 
-    Config and head spec are checked before any weights load. The backbone is truncated above
-    the highest layer the head reads, so those layers are neither loaded nor computed.
-    ``pretrained=False`` (and every ``tiny:`` backbone) gives random weights, seeded by ``seed``.
+    ``backbone`` is a :class:`~hydrahead.config.BackboneConfig` or a name (hub id, local dir,
+    ``tiny:<family>``) with its options as keywords (``freeze``, ``pretrained``, ``dtype``, ...).
+    ``head`` is a head spec (``HeadConfig``/``HeadSpec`` or a dict of its keys; missing keys take
+    the defaults). Config and head spec are checked before any weights load. The backbone is
+    truncated above the highest layer the head reads, so those layers are neither loaded nor
+    computed. ``pretrained=False`` (and every ``tiny:`` backbone) gives random weights, seeded by ``seed``.
     """
     import torch
 
     from .modeling import HydraHeadConfig, HydraHeadModel
 
-    if tokenizer is None:
-        tokenizer = load_tokenizer(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
-    backbone_config = load_backbone_config(
-        name_or_path, tokenizer=tokenizer, revision=revision, trust_remote_code=trust_remote_code
+    bb = (
+        backbone
+        if isinstance(backbone, BackboneConfig)
+        else BackboneConfig(name_or_path=str(backbone), **backbone_options)
     )
+    if isinstance(head, HeadSpec):
+        head = head.model_spec() if hasattr(head, "model_spec") else dataclasses.asdict(head)
+    name, options = bb.name_or_path, {"revision": bb.revision, "trust_remote_code": bb.trust_remote_code}
+    if tokenizer is None:
+        tokenizer = load_tokenizer(name, **options)
+    backbone_config = load_backbone_config(name, tokenizer=tokenizer, **options)
     id2label, label2id = label_maps(labels)
     config = HydraHeadConfig(
         backbone_config=backbone_config,
         head=head,
         task=task,
         level=level,
-        freeze=freeze,
+        freeze=bb.freeze,
         id2label=id2label,
         label2id=label2id,
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        loaded = pretrained and not is_tiny(name_or_path)
+        loaded = bb.pretrained and not is_tiny(name)
         if loaded:
-            backbone = load_backbone_weights(
-                name_or_path,
+            encoder = load_backbone_weights(
+                name,
                 config.backbone_config,
-                revision=revision,
-                trust_remote_code=trust_remote_code,
-                dtype=dtype,
-                attn_implementation=attn_implementation,
+                **options,
+                dtype=bb.dtype,
+                attn_implementation=bb.attn_implementation,
             )
         else:
-            if attn_implementation:
-                config.backbone_config._attn_implementation = attn_implementation
-            backbone = random_backbone(config.backbone_config, config.backbone_layers)
-        model = HydraHeadModel(config, backbone=backbone)
-        if not loaded and dtype not in (None, "auto"):  # random weights: honour dtype too
-            model.backbone.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    if resize_token_embeddings:
-        model.resize_token_embeddings(resize_token_embeddings)
+            if bb.attn_implementation:
+                config.backbone_config._attn_implementation = bb.attn_implementation
+            encoder = random_backbone(config.backbone_config, config.backbone_layers)
+        model = HydraHeadModel(config, backbone=encoder)
+        if not loaded and bb.dtype not in (None, "auto"):  # random weights: honour dtype too
+            model.backbone.to(getattr(torch, bb.dtype))
+    if bb.resize_token_embeddings:
+        model.resize_token_embeddings(bb.resize_token_embeddings)
     return model, tokenizer

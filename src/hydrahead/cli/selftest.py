@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-TASKS = ("multiclass", "multilabel")
-LEVELS = ("sequence", "token", "positions")
+from hydrahead.modeling.head_spec import IGNORE_INDEX, LEVELS, TASKS
+
 NUM_LABELS = 3
 
 
@@ -33,11 +33,66 @@ def synthetic_batch(tokenizer, task: str, level: str, generator):
     else:
         labels = torch.randint(0, 2, (*shape, NUM_LABELS), generator=generator).float()
     if level == "token":
-        labels[batch["attention_mask"] == 0] = -100
+        labels[batch["attention_mask"] == 0] = IGNORE_INDEX
     if level == "positions":
-        labels[1, 1:] = -100
+        labels[1, 1:] = IGNORE_INDEX
     batch["labels"] = labels
     return batch
+
+
+AUTO_CLASS_FOR_LEVEL = {
+    "sequence": "AutoModelForSequenceClassification",
+    "token": "AutoModelForTokenClassification",
+    "positions": "AutoModel",
+}
+
+# Runs in a fresh interpreter with hydrahead made unimportable: only the exported folder counts.
+_RELOAD_SCRIPT = r"""
+import json, sys
+sys.modules["hydrahead"] = None
+import torch, transformers
+jobs = json.loads(sys.argv[1])
+for job in jobs:
+    auto = getattr(transformers, job["auto_class"])
+    model = auto.from_pretrained(job["dir"], trust_remote_code=job["trust_remote_code"]).eval()
+    inputs = torch.load(job["inputs"], weights_only=True)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    torch.save({"logits": logits, "class": type(model).__module__ + "." + type(model).__name__}, job["out"])
+"""
+
+
+def logits_in_fresh_process(jobs: list[dict], timeout: float = 600) -> list[dict]:
+    """Reload exports in a new Python process where ``import hydrahead`` fails, and run them.
+
+    Each job: ``dir`` (the export), ``auto_class`` (name in transformers), ``inputs`` (a ``.pt``
+    dict of tensors), ``trust_remote_code``. Returns per job ``{"logits", "class"}``.
+    """
+    import json
+    import os
+    import subprocess
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, job in enumerate(jobs):
+            job["out"] = os.path.join(tmp, f"{i}.pt")
+            job["dir"] = str(job["dir"])
+            job["inputs"] = str(job["inputs"])
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+        env.setdefault("HF_MODULES_CACHE", os.path.join(tmp, "modules"))
+        proc = subprocess.run(
+            [sys.executable, "-c", _RELOAD_SCRIPT, json.dumps(jobs)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"reloading in a fresh process failed:\n{proc.stderr[-3000:]}")
+        return [torch.load(job["out"], weights_only=True) for job in jobs]
 
 
 def check_one(backbone: str, preset: str, head: dict, task: str, level: str, out_dir: Path) -> dict:
@@ -45,10 +100,11 @@ def check_one(backbone: str, preset: str, head: dict, task: str, level: str, out
     import torch
 
     from hydrahead.build import build_model
-    from hydrahead.export import AUTO_CLASS_FOR_LEVEL, export_model, native_head_kind
+    from hydrahead.config.schema import HeadConfig
+    from hydrahead.export import export_model, native_head_kind
 
     row = {"preset": preset, "task": task, "level": level}
-    head = {k: v for k, v in head.items() if k != "level"}
+    head = HeadConfig(**head).model_spec()
     model, tokenizer = build_model(backbone, labels=NUM_LABELS, head=head, task=task, level=level)
     model.train()
     batch = synthetic_batch(tokenizer, task, level, torch.Generator().manual_seed(0))
@@ -104,7 +160,6 @@ def check_one(backbone: str, preset: str, head: dict, task: str, level: str, out
 
 def run(backbone: str, presets: list[str] | None = None, out_dir: str | None = None) -> list[dict]:
     """Run the self-test; returns one row per preset x task x level."""
-    from hydrahead.export import logits_in_fresh_process
     from hydrahead.utils.paths import head_presets
 
     available = head_presets()

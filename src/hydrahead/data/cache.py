@@ -19,11 +19,12 @@ log = logging.getLogger(__name__)
 
 
 def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
+    """SHA-256 of a file's content."""
+    sha = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -52,7 +53,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((spec + extra).encode()).hexdigest()
 
 
-def cache_key(parts: dict) -> str:
+def digest(parts: dict) -> str:
+    """The cache key of ``parts`` (any JSON-able description): every cache of hydrahead keys by this."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 

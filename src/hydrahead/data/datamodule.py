@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Sampler
 
-from . import cache
-from .encode import IGNORE, DataError, Encoded, encode, sort_labels
+from hydrahead.config.schema import DataConfig
+from hydrahead.modeling.head_spec import IGNORE_INDEX
+
+from . import SPLITS, cache
+from .encode import DataError, Encoded, encode, sort_labels
 from .readers import read_examples
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "validation", "test")
 
 
 class Collator:
@@ -36,7 +39,7 @@ class Collator:
         for key, pad in pads.items():
             if key in features[0]:
                 batch[key] = torch.tensor([f[key] + [pad] * (longest - len(f[key])) for f in features])
-        ignore_row = IGNORE if self.task == "multiclass" else [float(IGNORE)] * self.num_labels
+        ignore_row = IGNORE_INDEX if self.task == "multiclass" else [float(IGNORE_INDEX)] * self.num_labels
         dtype = torch.long if self.task == "multiclass" else torch.float
         if self.level == "sequence":
             batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
@@ -91,6 +94,27 @@ class EpochBatchSampler(Sampler[list[int]]):
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
 
+@dataclass
+class EncodedData:
+    """What a DataModule hands the frozen-backbone feature cache: the encoded splits and how to batch them."""
+
+    splits: dict[str, list[dict]]
+    """Per split, the encoded inputs (``input_ids``, ``attention_mask``, ``labels``, ...)."""
+    level: str
+    task: str
+    num_labels: int
+    pad_id: int
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+    group_by_length: bool
+    key: str
+    """What determines the encoded splits (file content or generator settings, tokenizer, options)."""
+
+    def lengths(self, split: str) -> list[int]:
+        return [len(f["input_ids"]) for f in self.splits[split]]
+
+
 class HeadDataModule(L.LightningDataModule):
     """Reads the splits named by the ``data`` config, builds labels from train, encodes every split.
 
@@ -100,7 +124,7 @@ class HeadDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        data_cfg,
+        data_cfg: DataConfig,
         tokenizer,
         task: str,
         labels: list[str] | None = None,
@@ -154,11 +178,7 @@ class HeadDataModule(L.LightningDataModule):
         files = self.files()
         if self.cache_dir is None or not files or self.cfg.hf_name:
             return None
-        options = (
-            OmegaConf.to_container(self.cfg, resolve=True)
-            if OmegaConf.is_config(self.cfg)
-            else dict(self.cfg)
-        )
+        options = dataclasses.asdict(self.cfg)
         for key in (
             "batch_size",
             "eval_batch_size",
@@ -171,7 +191,7 @@ class HeadDataModule(L.LightningDataModule):
             "prepare",
         ):
             options.pop(key, None)
-        return cache.cache_key(
+        return cache.digest(
             {
                 "files": {split: cache.file_digest(path) for split, path in files.items() if path.is_file()},
                 "tokenizer": cache.tokenizer_fingerprint(self.tokenizer),
@@ -187,11 +207,7 @@ class HeadDataModule(L.LightningDataModule):
         train = self.files().get("train")
         if self.cache_dir is None or train is None or not train.is_file():
             return None
-        options = (
-            OmegaConf.to_container(self.cfg, resolve=True)
-            if OmegaConf.is_config(self.cfg)
-            else dict(self.cfg)
-        )
+        options = dataclasses.asdict(self.cfg)
         parts = {
             "train": cache.file_digest(train),
             "fields": options.get("fields"),
@@ -200,21 +216,16 @@ class HeadDataModule(L.LightningDataModule):
             "format": options.get("format"),
             "on_error": options.get("on_error"),
         }
-        return self.cache_dir / f"vocab-{cache.cache_key(parts)}.json"
+        return self.cache_dir / f"vocab-{cache.digest(parts)}.json"
 
     def data_key(self) -> str:
         """What determines the encoded splits: file content (or generator settings), tokenizer, options."""
         file_key = self._cache_key()
         if file_key:
             return file_key
-        options = (
-            OmegaConf.to_container(self.cfg, resolve=True)
-            if OmegaConf.is_config(self.cfg)
-            else dict(self.cfg)
-        )
-        return cache.cache_key(
+        return cache.digest(
             {
-                "options": options,
+                "options": dataclasses.asdict(self.cfg),
                 "tokenizer": cache.tokenizer_fingerprint(self.tokenizer),
                 "labels": self.labels,
                 "task": self.task,
@@ -284,6 +295,23 @@ class HeadDataModule(L.LightningDataModule):
     @property
     def has_test(self) -> bool:
         return "test" in self.splits
+
+    def encoded(self) -> EncodedData:
+        """The loaded splits and their batching, for the feature cache (see ``data.features``)."""
+        self.load()
+        cfg = self.cfg
+        return EncodedData(
+            splits={split: encoded.features for split, encoded in self.splits.items()},
+            level=self.level,
+            task=self.task,
+            num_labels=len(self.labels),
+            pad_id=self.tokenizer.pad_token_id,
+            batch_size=cfg.batch_size,
+            eval_batch_size=self.eval_batch_size,
+            seed=cfg.seed,
+            group_by_length=cfg.group_by_length,
+            key=self.data_key(),
+        )
 
     def setup(self, stage: str | None = None) -> None:
         self.load()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-IGNORE = -100
+from hydrahead.modeling.head_spec import IGNORE_INDEX
 
 
 class DataError(ValueError):
@@ -96,7 +96,7 @@ def encode(
             hot[label_id(name, where)] = 1.0
         return hot
 
-    ignore_row = IGNORE if task == "multiclass" else [float(IGNORE)] * len(labels)
+    ignore_row = IGNORE_INDEX if task == "multiclass" else [float(IGNORE_INDEX)] * len(labels)
     for line, example in enumerate(examples, start=1):
         where = example.get("_where", f"{source}:{line}")
         if level == "sequence":

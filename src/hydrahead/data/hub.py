@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .encode import DataError
-from .readers import _example, plain_options
+from .readers import _example
 
 HUB_SPLITS = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
 
@@ -17,11 +17,10 @@ def read_hub_split(data_cfg, split: str, task: str) -> list[dict] | None:
             f"data.hf_name={data_cfg.hf_name!r} needs the `datasets` package: pip install 'hydrahead[hub]'"
         ) from None
     loaded = datasets.load_dataset(data_cfg.hf_name, data_cfg.hf_config)
-    name_of_dataset, data_cfg = data_cfg.hf_name, plain_options(data_cfg)
     for name in HUB_SPLITS[split]:
         if name in loaded:
             return [
-                _example(row, f"{name_of_dataset}[{name}]:{index}", data_cfg, task)
+                _example(row, f"{data_cfg.hf_name}[{name}]:{index}", data_cfg, task)
                 for index, row in enumerate(loaded[name], start=1)
             ]
     return None

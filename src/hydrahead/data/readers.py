@@ -18,7 +18,8 @@ import csv
 import json
 import logging
 from pathlib import Path
-from types import SimpleNamespace
+
+from hydrahead.config.schema import DataConfig
 
 from .encode import DataError
 
@@ -203,29 +204,13 @@ def _example(row: dict, where: str, data_cfg, task: str) -> dict:
     return example
 
 
-def plain_options(data_cfg) -> SimpleNamespace:
-    """The reader's options (level, format, fields, on_error) as plain Python values."""
-    from omegaconf import OmegaConf
-
-    if isinstance(data_cfg, SimpleNamespace):
-        return data_cfg
-    fields = data_cfg.fields
-    fields = OmegaConf.to_container(fields) if OmegaConf.is_config(fields) else dict(vars(fields))
-    return SimpleNamespace(
-        level=data_cfg.level,
-        format=data_cfg.format,
-        on_error=data_cfg.on_error,
-        fields=SimpleNamespace(**fields),
-    )
-
-
 def _single_labels(example: dict, level: str) -> bool:
     items = [example["label"]] if level == "sequence" else example["tags" if level == "token" else "labels"]
     return all(len(item) == 1 for item in items)
 
 
 def read_examples(
-    path: str | Path, data_cfg, task: str, limit: int | None = None, names: set | None = None
+    path: str | Path, data_cfg: DataConfig, task: str, limit: int | None = None, names: set | None = None
 ) -> list[dict]:
     """Read one split file into canonical examples, checking every row (errors name file:line).
 
@@ -234,9 +219,6 @@ def read_examples(
     """
     from .encode import label_names
 
-    data_cfg = plain_options(
-        data_cfg
-    )  # attribute access on an OmegaConf node costs ~25 us: per row, it adds up
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")

@@ -1,6 +1,7 @@
 """Configuration of a HydraHead model: a backbone config, a head spec, a task and a level.
 
-Self-contained (imports only transformers) so that an exported folder loads with
+Self-contained (imports only transformers and the stdlib-only ``head_spec.py`` beside it), so an
+exported folder loads with
 ``trust_remote_code=True`` on a machine where hydrahead is not installed.
 """
 
@@ -8,25 +9,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PretrainedConfig
 
-TASKS = ("multiclass", "multilabel")
-LEVELS = ("sequence", "token", "positions")
-POOLINGS = ("cls", "mean", "max", "pooler")
-COMBINES = ("concat", "scalar_mix")
-ACTIVATIONS = ("gelu", "relu", "tanh", "silu")
-
-HEAD_DEFAULTS = {
-    # Which entries of ``hidden_states`` the head reads (0 = embedding output, negatives count
-    # from the last layer): an int, a list of ints, "all", or a Python-style slice "lo:hi".
-    "layer": -1,
-    # How several selected layers become one: concatenated features, or an ELMo scalar mix.
-    "combine": "concat",
-    # Sequence level only: how token vectors become one vector.
-    "pooling": "cls",
-    # Widths of the MLP between the representation and the output Linear; () is a linear head.
-    "hidden_layers": (),
-    "activation": "gelu",
-    "dropout": 0.1,
-}
+from .head_spec import LEVELS, TASKS, normalize_head, resolve_layers
 
 AUTO_MAP = {
     "AutoConfig": "configuration_hydrahead.HydraHeadConfig",
@@ -36,82 +19,12 @@ AUTO_MAP = {
 }
 
 
-def resolve_layers(spec, num_layers: int) -> list[int]:
-    """Turn a layer spec into non-negative ``hidden_states`` indices for a backbone of ``num_layers``.
-
-    ``hidden_states`` has ``num_layers + 1`` entries: index 0 is the embedding output.
-    Raises ValueError naming the valid range when an index is out of range.
-    """
-    count = num_layers + 1
-    valid = f"valid indices are 0..{num_layers} or -{count}..-1 (0 is the embedding output)"
-    if isinstance(spec, str):
-        text = spec.strip()
-        if text == "all":
-            return list(range(count))
-        if ":" in text:
-            try:
-                lo, hi = (int(p) if p.strip() else None for p in text.split(":", 1))
-            except ValueError:
-                raise ValueError(f"head.layer={spec!r} is not a slice like '1:5'; {valid}") from None
-            indices = list(range(count))[slice(lo, hi)]
-            if not indices:
-                raise ValueError(
-                    f"head.layer={spec!r} selects no layer of this backbone ({num_layers} layers); {valid}"
-                )
-            return indices
-        try:
-            spec = int(text)
-        except ValueError:
-            raise ValueError(
-                f"head.layer={spec!r} must be an int, a list of ints, 'all' or a slice 'lo:hi'"
-            ) from None
-    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-    if not items:
-        raise ValueError("head.layer is an empty list; give at least one layer index")
-    resolved = []
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise ValueError(f"head.layer entry {item!r} is not an int; {valid}")
-        if not -count <= item < count:
-            raise ValueError(
-                f"head.layer={item} is out of range for this backbone ({num_layers} layers): {valid}"
-            )
-        resolved.append(item % count)
-    return resolved
-
-
-def normalize_head(head: dict | None) -> dict:
-    """Fill defaults into a head spec and check every value; raises ValueError naming the key."""
-    head = dict(head or {})
-    unknown = sorted(set(head) - set(HEAD_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown head key(s) {unknown}; allowed: {sorted(HEAD_DEFAULTS)}")
-    spec = {**HEAD_DEFAULTS, **head}
-    for key, allowed in (("combine", COMBINES), ("pooling", POOLINGS), ("activation", ACTIVATIONS)):
-        if spec[key] not in allowed:
-            raise ValueError(f"head.{key}={spec[key]!r} is not one of {list(allowed)}")
-    dropout = spec["dropout"]
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"head.dropout={dropout!r} must be a number in [0, 1)")
-    widths = spec["hidden_layers"]
-    if isinstance(widths, int):
-        widths = [widths]
-    widths = list(widths)
-    if any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in widths):
-        raise ValueError(f"head.hidden_layers={widths} must be positive ints, e.g. [512, 256]")
-    spec["hidden_layers"] = widths
-    spec["dropout"] = float(dropout)
-    if isinstance(spec["layer"], tuple):
-        spec["layer"] = list(spec["layer"])
-    return spec
-
-
 class HydraHeadConfig(PretrainedConfig):
     """Config of :class:`HydraHeadModel`.
 
     Args:
         backbone_config: the encoder's config (a ``PretrainedConfig`` or its dict).
-        head: the head spec; see ``HEAD_DEFAULTS`` for keys and defaults.
+        head: the head spec; see :class:`head_spec.HeadSpec` for keys and defaults.
         task: ``multiclass`` (softmax, cross-entropy) or ``multilabel`` (sigmoid, BCE).
         level: ``sequence`` (one prediction per input), ``token`` (one per token) or
             ``positions`` (one per entry of ``mask_indices``).

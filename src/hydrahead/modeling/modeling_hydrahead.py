@@ -3,8 +3,9 @@
 backbone -> layer selection (one / concat / scalar mix) -> representation (per token,
 pooled, or gathered at ``mask_indices``) -> dropout + MLP -> Linear -> loss.
 
-Self-contained (imports only torch and transformers): an exported folder holds this file and
-``configuration_hydrahead.py`` and loads with ``trust_remote_code=True`` without hydrahead.
+Self-contained (imports only torch and transformers): an exported folder holds this
+file, ``configuration_hydrahead.py`` and ``head_spec.py`` and loads with ``trust_remote_code=True``
+without hydrahead.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 from .configuration_hydrahead import HydraHeadConfig
+from .head_spec import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 

@@ -6,10 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-
-from hydrahead.utils.atomic import atomic_path
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -70,23 +67,3 @@ class Throughput(Callback):
     @property
     def samples_per_s(self) -> float | None:
         return round(self.samples / self.seconds, 2) if self.seconds > 0 else None
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file, synced, then renamed over the old one.
-
-    A kill during a save leaves the previous ``last.ckpt`` intact, never half a file. Loading
-    uses ``weights_only=True`` (hydrahead checkpoints hold only tensors and plain data) and turns
-    a truncated or corrupt file into a clear error naming it.
-    """
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        import torch
-
-        with atomic_path(path, sync=True) as tmp:
-            torch.save(checkpoint, tmp)
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
-        from hydrahead.config import read_checkpoint
-
-        return read_checkpoint(path)

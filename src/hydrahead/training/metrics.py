@@ -12,7 +12,7 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
-IGNORE = -100
+from hydrahead.modeling.head_spec import IGNORE_INDEX
 
 
 def build_metrics(task: str, num_labels: int, threshold: float = 0.5) -> MetricCollection:
@@ -28,13 +28,13 @@ def build_metrics(task: str, num_labels: int, threshold: float = 0.5) -> MetricC
     return MetricCollection(
         {
             "f1_micro": MultilabelF1Score(
-                num_labels, threshold=threshold, average="micro", ignore_index=IGNORE
+                num_labels, threshold=threshold, average="micro", ignore_index=IGNORE_INDEX
             ),
             "f1_macro": MultilabelF1Score(
-                num_labels, threshold=threshold, average="macro", ignore_index=IGNORE
+                num_labels, threshold=threshold, average="macro", ignore_index=IGNORE_INDEX
             ),
-            "auroc_macro": MultilabelAUROC(num_labels, average="macro", ignore_index=IGNORE),
-            "map_macro": MultilabelAveragePrecision(num_labels, average="macro", ignore_index=IGNORE),
+            "auroc_macro": MultilabelAUROC(num_labels, average="macro", ignore_index=IGNORE_INDEX),
+            "map_macro": MultilabelAveragePrecision(num_labels, average="macro", ignore_index=IGNORE_INDEX),
         }
     )
 
@@ -49,10 +49,10 @@ def flatten_for_metrics(logits: torch.Tensor, labels: torch.Tensor, task: str):
     flat_logits = logits.detach().reshape(-1, num_labels).float()
     if task == "multiclass":
         flat_labels = labels.reshape(-1)
-        keep = flat_labels != IGNORE
+        keep = flat_labels != IGNORE_INDEX
         return flat_logits[keep].softmax(-1), flat_labels[keep]
     flat_labels = labels.reshape(-1, num_labels)
-    keep = flat_labels[:, 0] != IGNORE
+    keep = flat_labels[:, 0] != IGNORE_INDEX
     kept = flat_labels[keep]
     return flat_logits[keep].sigmoid(), kept.long()
 
@@ -89,7 +89,7 @@ class EntityMetrics(Metric):
         self.add_state("lengths", default=[], dist_reduce_fx="cat")
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        keep = labels != IGNORE
+        keep = labels != IGNORE_INDEX
         self.preds.append(logits.argmax(-1)[keep])
         self.target.append(labels[keep])
         self.lengths.append(keep.sum(-1))

@@ -7,6 +7,8 @@ import random
 import lightning as L
 import torch
 
+from hydrahead.config.schema import OptimizerConfig, SchedulerConfig, TaskConfig
+
 from .metrics import EntityMetrics, build_metrics, flatten_for_metrics, is_bio
 
 
@@ -31,12 +33,12 @@ def parameter_groups(model, lr: float, backbone_lr: float | None, weight_decay: 
     ]
 
 
-def adamw(groups: list[dict], opt) -> torch.optim.AdamW:
+def adamw(groups: list[dict], opt: OptimizerConfig) -> torch.optim.AdamW:
     """AdamW with fused kernels (one kernel per step, no per-tensor temporaries: faster, less memory,
     HF Trainer's default too) where the parameters' device has them; ``optimizer.fused=false`` opts out.
     """
-    kwargs = {"lr": opt["lr"], "betas": tuple(opt["betas"]), "eps": opt["eps"]}
-    fused = opt.get("fused")
+    kwargs = {"lr": opt.lr, "betas": tuple(opt.betas), "eps": opt.eps}
+    fused = opt.fused
     if fused is None:
         try:
             return torch.optim.AdamW(groups, **kwargs, fused=True)
@@ -46,26 +48,36 @@ def adamw(groups: list[dict], opt) -> torch.optim.AdamW:
 
 
 class HeadModule(L.LightningModule):
-    """Wraps a HydraHeadModel with the optimizer, scheduler and per-task metrics from the config.
+    """Wraps a HydraHeadModel with the optimizer, scheduler and per-task metrics of its typed configs.
 
-    ``config`` is the resolved run config (a plain dict), saved in every checkpoint.
+    ``hparams`` (the resolved run config, a plain dict) is saved in every checkpoint: resuming and
+    reproducing read the network's description and the labels from it.
     """
 
-    def __init__(self, model, config: dict):
+    def __init__(
+        self,
+        model,
+        optimizer: OptimizerConfig,
+        scheduler: SchedulerConfig,
+        task: TaskConfig,
+        seqeval_strict: bool = False,
+        hparams: dict | None = None,
+    ):
         super().__init__()
         self.model = model
-        self.save_hyperparameters(config, ignore=["model"])
-        self.config = config
-        task = config["task"]
+        if hparams:
+            self.save_hyperparameters(hparams)
+        self.optimizer_cfg = optimizer
+        self.scheduler_cfg = scheduler
+        self.task = task.name
         num_labels = model.config.num_labels
-        self.val_metrics = build_metrics(task["name"], num_labels, task["threshold"]).clone(prefix="val/")
-        self.test_metrics = build_metrics(task["name"], num_labels, task["threshold"]).clone(prefix="test/")
+        self.val_metrics = build_metrics(task.name, num_labels, task.threshold).clone(prefix="val/")
+        self.test_metrics = build_metrics(task.name, num_labels, task.threshold).clone(prefix="test/")
         labels = [model.config.id2label[i] for i in range(num_labels)]
         self.val_entities = self.test_entities = None
-        if model.config.level == "token" and task["name"] == "multiclass" and is_bio(labels):
-            strict = config["data"].get("seqeval_strict", False)
-            self.val_entities = EntityMetrics(labels, strict)
-            self.test_entities = EntityMetrics(labels, strict)
+        if model.config.level == "token" and task.name == "multiclass" and is_bio(labels):
+            self.val_entities = EntityMetrics(labels, seqeval_strict)
+            self.test_entities = EntityMetrics(labels, seqeval_strict)
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -78,7 +90,7 @@ class HeadModule(L.LightningModule):
     def _eval_step(self, batch, stage: str):
         out = self.model(**batch)
         self.log(f"{stage}/loss", out.loss, prog_bar=stage == "val", batch_size=batch["labels"].shape[0])
-        preds, labels = flatten_for_metrics(out.logits, batch["labels"], self.config["task"]["name"])
+        preds, labels = flatten_for_metrics(out.logits, batch["labels"], self.task)
         if len(labels):
             getattr(self, f"{stage}_metrics").update(preds, labels)
         entities = getattr(self, f"{stage}_entities")
@@ -138,19 +150,19 @@ class HeadModule(L.LightningModule):
     def configure_optimizers(self):
         from transformers import get_scheduler
 
-        opt = self.config["optimizer"]
-        groups = parameter_groups(self.model, opt["lr"], opt["backbone_lr"], opt["weight_decay"])
-        if opt["name"] == "adamw":
+        opt = self.optimizer_cfg
+        groups = parameter_groups(self.model, opt.lr, opt.backbone_lr, opt.weight_decay)
+        if opt.name == "adamw":
             optimizer = adamw(groups, opt)
         else:
-            optimizer = torch.optim.SGD(groups, lr=opt["lr"], momentum=opt["momentum"])
-        sched = self.config["scheduler"]
+            optimizer = torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum)
+        sched = self.scheduler_cfg
         total = max(1, int(self.trainer.estimated_stepping_batches))
         names = {"linear_warmup": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
         scheduler = get_scheduler(
-            names[sched["name"]],
+            names[sched.name],
             optimizer,
-            num_warmup_steps=int(sched["warmup_ratio"] * total),
+            num_warmup_steps=int(sched.warmup_ratio * total),
             num_training_steps=total,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

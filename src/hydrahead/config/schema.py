@@ -1,21 +1,20 @@
-"""Typed schemas of the config groups, registered in Hydra's ConfigStore.
+"""Typed schemas of the config groups, registered in Hydra's ConfigStore (``train_schema``).
 
 ``conf/train.yaml`` lists ``train_schema`` first in its defaults, so every group file and every
 override is merged into these dataclasses: a misspelt key or a wrong type fails at compose time
-with the key's name. Value checks that types cannot express live in ``__post_init__`` and run in
-:func:`validate`, still before any weights load.
+with the key's name. Value checks that types cannot express live in ``__post_init__`` and run when
+:func:`hydrahead.config.validate` converts the composed config into a :class:`TrainConfig`, still
+before any weights load. Importing this module is cheap (no torch, no transformers).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
 
-TASKS = ("multiclass", "multilabel")
-LEVELS = ("sequence", "token", "positions")
+from hydrahead.modeling.head_spec import LEVELS, TASKS, HeadSpec
 
 
 class ConfigError(ValueError):
@@ -62,28 +61,19 @@ class BackboneConfig:
 
 
 @dataclass
-class HeadConfig:
-    layer: Any = -1
-    """hidden_states index (0 = embeddings, negatives from the top), a list, 'all' or 'lo:hi'."""
-    combine: str = "concat"
-    """concat or scalar_mix, when several layers are read."""
-    pooling: str = "cls"
-    """Sequence level: cls, mean, max or pooler."""
-    hidden_layers: list[int] = field(default_factory=list)
-    """MLP widths before the output Linear; [] is a linear head."""
-    activation: str = "gelu"
-    dropout: float = 0.1
+class HeadConfig(HeadSpec):
+    """The model's head spec (:class:`~hydrahead.modeling.head_spec.HeadSpec`) plus what the runner checks."""
+
     level: str | None = None
     """The data level this head needs (mask_gather: positions); null: any."""
 
     def __post_init__(self):
-        # Value checks of the other keys live with the model (normalize_head, run by validate):
-        # importing it here would load transformers whenever a schema is built.
+        # The other keys' values are checked by normalize_head (run by validate).
         if self.level is not None:
             _choice("head.level", self.level, LEVELS)
 
     def model_spec(self) -> dict:
-        """The head spec the model config takes (without the runner-only ``level``)."""
+        """The head dict the model config takes: every HeadSpec field, without the runner-only ``level``."""
         return {k: v for k, v in vars(self).items() if k != "level"}
 
 
@@ -308,118 +298,3 @@ class TrainConfig:
 
     def __post_init__(self):
         _choice("malloc", self.malloc, ("auto", "compact", "glibc"))
-
-
-def register_configs() -> None:
-    """Put the schemas into Hydra's ConfigStore (idempotent)."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-def validate(cfg, deep: bool = True) -> TrainConfig:
-    """Every check that needs no weights; raises ConfigError naming the key (or file) and what is allowed.
-
-    ``deep`` also reads the backbone's config (for layer ranges) and the checkpoint to resume from.
-    """
-    from omegaconf import OmegaConf
-
-    from hydrahead.modeling.configuration_hydrahead import normalize_head
-
-    try:
-        typed: TrainConfig = OmegaConf.to_object(cfg)
-        normalize_head(typed.head.model_spec())
-    except ConfigError:
-        raise
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    head_level = typed.head.level
-    if head_level is not None and head_level != typed.data.level:
-        raise ConfigError(
-            f"head needs data at level {head_level!r} (head.level) but data={typed.data.name} is "
-            f"level {typed.data.level!r}; pick a {head_level}-level data config"
-        )
-    data = typed.data
-    if not data.prepare and not data.hf_name and not data.name.startswith("synthetic"):
-        for key in ("train_file", "validation_file", "test_file"):
-            path = getattr(data, key)
-            if path is None and key != "test_file":
-                raise ConfigError(f"data.{key} is not set: data={data.name} reads local files")
-            if path is not None and not Path(path).expanduser().is_file():
-                raise ConfigError(f"data.{key}={path}: no such file")
-    if deep:
-        _check_backbone(typed)
-        if typed.ckpt_path:
-            check_checkpoint(typed.ckpt_path, typed)
-    return typed
-
-
-def _check_backbone(typed: TrainConfig) -> None:
-    """The backbone exists and the head's layers are in its range (reads config.json, no weights)."""
-    from hydrahead.backbones import load_backbone_config
-    from hydrahead.modeling.configuration_hydrahead import resolve_layers
-
-    bb = typed.backbone
-    try:
-        config = load_backbone_config(
-            bb.name_or_path, revision=bb.revision, trust_remote_code=bb.trust_remote_code
-        )
-    except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(str(err)) from None
-    except OSError as err:
-        raise ConfigError(
-            f"backbone.name_or_path={bb.name_or_path!r}: cannot load its config ({err})"
-        ) from None
-    layers = config.num_hidden_layers
-    try:
-        resolve_layers(typed.head.layer, layers)
-    except ValueError as err:
-        raise ConfigError(f"{err} [backbone {bb.name_or_path}]") from None
-    if not isinstance(bb.freeze, bool) and bb.freeze > layers:
-        raise ConfigError(f"backbone.freeze={bb.freeze} exceeds the backbone's {layers} layers (0..{layers})")
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """A Lightning checkpoint, loaded with weights_only=True; ConfigError if missing, truncated or corrupt."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={path}: no such checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        reason = str(err).splitlines()[0][:200]
-        raise ConfigError(
-            f"ckpt_path={path}: not a readable checkpoint (truncated or corrupt? "
-            f"{type(err).__name__}: {reason})"
-        ) from None
-
-
-# What must match between a checkpoint and the config that resumes from it.
-_RESUME_KEYS = [
-    ("backbone", "name_or_path"),
-    ("head", "layer"),
-    ("head", "combine"),
-    ("head", "pooling"),
-    ("head", "hidden_layers"),
-    ("head", "activation"),
-    ("task", "name"),
-    ("data", "level"),
-]
-
-
-def check_checkpoint(path: str | Path, typed: TrainConfig) -> dict:
-    """The checkpoint's saved config must describe the same network as this config."""
-    state = read_checkpoint(path)
-    saved = state.get("hyper_parameters") or {}
-    if "head" not in saved:
-        raise ConfigError(f"ckpt_path={path}: not a hydrahead checkpoint (no saved run config)")
-    differ = []
-    for group, key in _RESUME_KEYS:
-        old, new = saved.get(group, {}).get(key), getattr(getattr(typed, group), key)
-        if old != new and not (isinstance(old, list) and list(new or []) == old):
-            differ.append(f"{group}.{key}: checkpoint {old!r}, config {new!r}")
-    if differ:
-        raise ConfigError(f"ckpt_path={path} is incompatible with this config: " + "; ".join(differ))
-    return state

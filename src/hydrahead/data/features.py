@@ -14,16 +14,18 @@ to a temporary file renamed into place, so parallel jobs of a sweep never read h
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
+import lightning as L
 import torch
 
-from .utils.atomic import atomic_path
-from .data.datamodule import SPLITS, Collator, EpochBatchSampler
-from .data.encode import IGNORE
+from hydrahead.config.schema import BackboneConfig
+from hydrahead.modeling.head_spec import IGNORE_INDEX
+from hydrahead.utils.atomic import atomic_path
+
+from .cache import digest, file_digest
+from .datamodule import Collator, EncodedData, EpochBatchSampler
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -43,22 +45,14 @@ def use_cache(mode: str, freeze) -> tuple[bool, str]:
     return True, "on"
 
 
-def _digest_files(folder: Path) -> str | None:
+def _weights_digest(folder: Path) -> str | None:
     files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".h5"))
-    if not files:
-        return None
-    digest = hashlib.blake2b(digest_size=16)
-    for path in files:
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return digest({path.name: file_digest(path) for path in files}) if files else None
 
 
-def weights_source(backbone_cfg, model, seed: int) -> dict:
+def weights_source(backbone_cfg: BackboneConfig, model, seed: int) -> dict:
     """What determines the frozen backbone's weights, independent of how deep it was truncated."""
-    from .backbones import is_tiny, resolve_name_or_path
+    from hydrahead.backbones import is_tiny, resolve_name_or_path
 
     name = str(backbone_cfg.name_or_path)
     source: dict = {
@@ -73,7 +67,7 @@ def weights_source(backbone_cfg, model, seed: int) -> dict:
         return source
     path = Path(resolve_name_or_path(name))
     if path.is_dir():
-        source["weights"] = _digest_files(path)
+        source["weights"] = _weights_digest(path)
     else:
         source["commit"] = getattr(model.config.backbone_config, "_commit_hash", None)
     return source
@@ -88,7 +82,7 @@ def representation_kind(model) -> str:
 
 def _rows_kept(labels: torch.Tensor, task: str) -> torch.Tensor:
     """Which token/position rows of one input carry a label (the only ones its head is trained on)."""
-    return labels != IGNORE if task == "multiclass" else labels[..., 0] != IGNORE
+    return labels != IGNORE_INDEX if task == "multiclass" else labels[..., 0] != IGNORE_INDEX
 
 
 @torch.inference_mode()
@@ -166,9 +160,7 @@ class FeatureCache:
     """The on-disk entries of one (weights, data, representation, dtype) key."""
 
     def __init__(self, cache_dir: str | Path, key_parts: dict):
-        self.key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[
-            :32
-        ]
+        self.key = digest(key_parts)
         self.folder = Path(cache_dir) / "features" / self.key
 
     def find(self, layers: list[int]) -> Path | None:
@@ -191,26 +183,27 @@ class FeatureCache:
 
 def load_features(
     model,
-    datamodule,
+    data: EncodedData,
     cache_dir,
     *,
-    key_parts: dict,
+    weights: dict,
     store_layers: str = "read",
     dtype: str = "float32",
     autocast_dtype=None,
-    counter: list | None = None,
 ) -> tuple[dict, str]:
     """Per split ``{features [rows, L, H], labels, offsets}`` for the model's layers; cached on disk.
 
+    ``weights`` says where the backbone's weights come from (:func:`weights_source`).
     ``store_layers="computed"`` stores every layer up to the highest one read (the pass computes
     them anyway), so a later job reading a lower layer reuses the entry; ``"read"`` stores only
-    the layers read. ``counter`` (tests) collects one item per backbone pass.
+    the layers read.
     """
     needed = list(model.layer_indices)
     cache = FeatureCache(
         cache_dir,
         {
-            **key_parts,
+            "weights": weights,
+            "data": data.key,
             "kind": representation_kind(model),
             "dtype": dtype,
             "autocast": str(autocast_dtype),
@@ -229,19 +222,17 @@ def load_features(
     if found is None:
         status = "computed"
         layers = list(range(max(needed) + 1)) if store_layers == "computed" else sorted(set(needed))
-        if counter is not None:
-            counter.append(layers)
         payload = {"layers": torch.tensor(layers), "splits": {}}
-        for split, encoded in datamodule.splits.items():
+        for split, features in data.splits.items():
             result = compute_split(
                 model,
-                encoded.features,
-                datamodule.level,
-                datamodule.task,
-                len(datamodule.labels),
-                datamodule.tokenizer.pad_token_id,
+                features,
+                data.level,
+                data.task,
+                data.num_labels,
+                data.pad_id,
                 layers,
-                batch_size=datamodule.eval_batch_size,
+                batch_size=data.eval_batch_size,
                 autocast_dtype=autocast_dtype,
                 store_dtype=DTYPES[dtype],
             )
@@ -307,55 +298,73 @@ class FeatureBatches:
             spans = [(int(offsets[i]), int(offsets[i + 1])) for i in index]
             width = max(1, max(end - start for start, end in spans))
             feats = features.new_zeros((len(index), width, *features.shape[1:]), dtype=torch.float32)
-            labs = labels.new_full((len(index), width, *labels.shape[1:]), IGNORE)
+            labs = labels.new_full((len(index), width, *labels.shape[1:]), IGNORE_INDEX)
             for row, (start, end) in enumerate(spans):
                 feats[row, : end - start] = features[start:end].float()
                 labs[row, : end - start] = labels[start:end]
             yield {"features": feats, "labels": labs}
 
 
-def feature_datamodule(datamodule, splits: dict):
-    """A LightningDataModule serving cached features in place of token batches."""
-    import lightning as L
+class FeatureDataModule(L.LightningDataModule):
+    """Serves cached features in place of token batches: the same batches, in the same order."""
 
-    cfg = datamodule.cfg
+    def __init__(self, data: EncodedData, splits: dict):
+        super().__init__()
+        self.data = data
+        self.splits = splits
 
-    def lengths(split: str) -> list[int]:
-        return [len(f["input_ids"]) for f in datamodule.splits[split].features]
+    def train_dataloader(self) -> FeatureBatches:
+        d = self.data
+        return FeatureBatches(
+            self.splits["train"],
+            d.level,
+            d.batch_size,
+            d.lengths("train"),
+            d.seed,
+            d.group_by_length,
+            shuffle=True,
+        )
 
-    class FeatureDataModule(L.LightningDataModule):
-        def train_dataloader(self):
-            return FeatureBatches(
-                splits["train"],
-                datamodule.level,
-                cfg.batch_size,
-                lengths("train"),
-                cfg.seed,
-                cfg.group_by_length,
-                shuffle=True,
-            )
+    def _eval(self, split: str) -> FeatureBatches:
+        return FeatureBatches(
+            self.splits[split], self.data.level, self.data.eval_batch_size, self.data.lengths(split)
+        )
 
-        def _eval(self, split):
-            return FeatureBatches(
-                splits[split], datamodule.level, cfg.eval_batch_size or cfg.batch_size, lengths(split)
-            )
+    def val_dataloader(self) -> FeatureBatches:
+        return self._eval("validation")
 
-        def val_dataloader(self):
-            return self._eval("validation")
-
-        def test_dataloader(self):
-            return self._eval("test" if "test" in splits else "validation")
-
-    return FeatureDataModule()
+    def test_dataloader(self) -> FeatureBatches:
+        return self._eval("test" if "test" in self.splits else "validation")
 
 
-__all__ = [
-    "SPLITS",
-    "FeatureBatches",
-    "FeatureCache",
-    "compute_split",
-    "feature_datamodule",
-    "load_features",
-    "use_cache",
-    "weights_source",
-]
+def training_data(
+    model, datamodule, backbone: BackboneConfig, *, cache_dir, seed: int, precision, accelerator
+):
+    """What to train on: cached features of a frozen backbone when the cache applies, else ``datamodule``.
+
+    Returns (datamodule, how: "hit" | "computed" | "off (why)"). The feature pass runs on the GPU
+    when the trainer will use one, with bf16 autocast under a bf16 precision.
+    """
+    use, why = use_cache(backbone.cache, backbone.freeze)
+    if not use:
+        log.info("feature cache %s", why)
+        return datamodule, why
+    autocast = torch.bfloat16 if str(precision).startswith("bf16") else None
+    on_gpu = torch.cuda.is_available() and str(accelerator) in ("auto", "gpu", "cuda")
+    if on_gpu:
+        model.cuda()
+    data = datamodule.encoded()
+    try:
+        splits, status = load_features(
+            model,
+            data,
+            cache_dir,
+            weights=weights_source(backbone, model, seed),
+            store_layers=backbone.cache_layers,
+            dtype=backbone.cache_dtype,
+            autocast_dtype=autocast,
+        )
+    finally:
+        if on_gpu:
+            model.cpu()
+    return FeatureDataModule(data, splits), status

@@ -1,0 +1,111 @@
+"""``hydrahead-train`` (also ``python -m hydrahead.cli.train``): preflight, Hydra, :func:`hydrahead.run`.
+
+Module-level imports stay light so ``hydrahead-train --cfg job`` answers in well under a second;
+torch, transformers, Lightning and W&B load only when a run starts.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import hydra.experimental.callback
+from omegaconf import DictConfig
+
+from hydrahead.config.resolvers import register
+from hydrahead.config.schema import ConfigError
+from hydrahead.utils.paths import config_dir
+
+log = logging.getLogger("hydrahead.train")
+register()
+
+# Arguments after which hydrahead-train does not run one job: no preflight for these.
+_NOT_A_RUN = {"-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i"}
+_NOT_A_RUN |= {"--shell-completion", "-sc", "--version", "--resolve", "-p", "--package"}
+_OWN_CONFIG = ("--config", "-cp", "-cn", "-cd")
+# A full disk, a quota, a read-only or forbidden place: the user's to fix, said in one line.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit status 2: the error a user can act on, without a traceback."""
+    print(f"hydrahead-train: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class SweepReport(hydra.experimental.callback.Callback):
+    """Names the jobs of a multirun that failed (Hydra re-raises only the first error)."""
+
+    sweep_dir: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        SweepReport.sweep_dir = str(config.hydra.sweep.dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        report_sweep()
+
+
+def report_sweep() -> None:
+    if not SweepReport.sweep_dir or not Path(SweepReport.sweep_dir).is_dir():
+        return
+    from hydrahead.rundir import sweep_summary
+
+    failed, completed = sweep_summary(SweepReport.sweep_dir)
+    total = len(failed) + len(completed)
+    log.info("sweep %s: %d of %d jobs completed", SweepReport.sweep_dir, len(completed), total)
+    if failed:
+        message = "\n".join(f"  FAILED {line}" for line in failed)
+        print(f"{len(failed)} of {total} sweep jobs failed:\n{message}", file=sys.stderr)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from hydrahead.data.encode import DataError
+    from hydrahead.pipeline import run
+
+    try:
+        return run(cfg).best
+    except SystemExit as stop:
+        if type(stop).__name__ == "SIGTERMException":  # Lightning's, a SystemExit with status 0
+            print(
+                f"hydrahead-train: stopped by SIGTERM; resume with ckpt_path={cfg.paths.output_dir}/"
+                "checkpoints/last.ckpt",
+                file=sys.stderr,
+            )
+            raise SystemExit(143) from None
+        raise
+    except (ConfigError, DataError, OSError) as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweep records it and goes on with the other jobs
+        if isinstance(err, OSError) and err.errno not in _DISK_ERRORS:
+            raise
+        where = f" (recorded in {cfg.paths.output_dir}/metrics.json)" if isinstance(err, OSError) else ""
+        fail(f"{err}{where}")
+
+
+def main() -> None:
+    """Console entry point: preflight checks, Hydra's main, and a list of failed jobs when a sweep fails."""
+    argv = sys.argv[1:]
+    if not any(arg in _NOT_A_RUN or arg.startswith(_OWN_CONFIG) for arg in argv):
+        from hydrahead.config.validate import preflight
+
+        try:
+            preflight(argv)
+        except ConfigError as err:
+            fail(str(err))
+    try:
+        _hydra_main()
+    except SystemExit as stop:
+        if stop.code not in (None, 0):
+            report_sweep()
+        raise
+
+
+if __name__ == "__main__":
+    main()

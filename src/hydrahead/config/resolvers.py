@@ -1,0 +1,72 @@
+"""What Hydra needs before it composes: the ``hh.*`` resolvers and the schema in its ConfigStore."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def invocation_id() -> str:
+    """A short random id shared by a launch and every job process it starts (inherited env)."""
+    return os.environ.setdefault("HYDRAHEAD_INVOCATION_ID", secrets.token_hex(3))
+
+
+def job_subdir(num, job_id) -> str:
+    """``<num>`` for in-process jobs; ``<num>_<scheduler job id>`` under submitit/SLURM."""
+    return str(num) if str(job_id) == str(num) else f"{num}_{job_id}"
+
+
+def mkdir(path: str) -> str:
+    """The directory, created if needed (Optuna opens its SQLite file before Hydra makes the sweep dir)."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def non_measurement_keys() -> list[str]:
+    """The override keys left out of a job's name (``override_dirname``): the run dir's one list."""
+    from hydrahead.rundir import NON_MEASUREMENT_GROUPS, NON_MEASUREMENT_KEYS
+
+    return [*NON_MEASUREMENT_KEYS, *NON_MEASUREMENT_GROUPS]
+
+
+def register_resolvers() -> None:
+    """Resolvers the shipped configs use (idempotent).
+
+    ``hh.root``: where outputs/ and data/ live. ``hh.uid``: the invocation id (stable across the
+    processes of one launch); ``hh.token``: fresh random hex per use. ``hh.job_subdir``: a sweep
+    job's directory name. ``hh.direction``: task.mode (max/min) as an optimizer direction.
+    ``hh.mkdir``: a directory path, created on first use. ``hh.non_measurement_keys``: the keys
+    that do not change what a run measures.
+    """
+    from hydrahead.utils.paths import project_root
+
+    resolvers = {
+        "hh.root": lambda: str(project_root()),
+        "hh.uid": invocation_id,
+        "hh.token": lambda: secrets.token_hex(3),
+        "hh.job_subdir": job_subdir,
+        "hh.direction": lambda mode: {"max": "maximize", "min": "minimize"}[mode],
+        "hh.mkdir": mkdir,
+        "hh.non_measurement_keys": non_measurement_keys,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def register_configs() -> None:
+    """Put the schema into Hydra's ConfigStore as ``train_schema`` (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    from .schema import TrainConfig
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def register() -> None:
+    """Both: call before composing (the CLI does at import, :func:`hydrahead.config.compose` itself)."""
+    register_configs()
+    register_resolvers()

@@ -1,0 +1,104 @@
+"""The Trainer and what it is built with: logger, callbacks, cluster plugins (from typed configs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydrahead.config.schema import CallbacksConfig, LoggerConfig, TaskConfig
+
+
+def build_logger(cfg: LoggerConfig, run_dir: Path, config: dict, name: str, group: str | None):
+    """W&B (offline unless told otherwise), CSV, or none (False); ``config`` is what W&B records."""
+    if cfg.name == "none":
+        return False
+    if cfg.name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="csv", version="")
+    from lightning.pytorch.loggers import WandbLogger
+
+    wb = cfg.wandb
+    if wb.api_key:
+        os.environ["WANDB_API_KEY"] = wb.api_key
+    return WandbLogger(
+        project=wb.project,
+        entity=wb.entity,
+        name=name,
+        group=wb.group or group,
+        tags=list(wb.tags),
+        save_dir=str(run_dir),
+        mode=wb.mode or os.environ.get("WANDB_MODE", "offline"),
+        config=config,
+    )
+
+
+def build_callbacks(cfg: CallbacksConfig, task: TaskConfig, checkpoints: Path, logging: bool) -> list:
+    """Best (on ``task.monitor``) and last checkpoints, throughput, and the optional extras."""
+    from lightning.pytorch import callbacks as cb
+
+    from .callbacks import RunCheckpoint, Throughput
+
+    best = RunCheckpoint(
+        dirpath=str(checkpoints),
+        filename="best" if cfg.save_top_k == 1 else "best-epoch{epoch:02d}",
+        monitor=task.monitor,
+        mode=task.mode,
+        save_top_k=cfg.save_top_k,
+        auto_insert_metric_name=False,
+    )
+    # A checkpoint of its own for last.ckpt: Lightning's save_last only rewrites it when the
+    # monitored metric improved, so a resume would restart from the best epoch, not the last.
+    last = RunCheckpoint(
+        dirpath=str(checkpoints), filename="last", save_top_k=1, enable_version_counter=False
+    )
+    callbacks = [best, last, Throughput()]
+    if cfg.lr_monitor and logging:
+        callbacks.append(cb.LearningRateMonitor(logging_interval="step"))
+    if cfg.rich_progress_bar:
+        callbacks.append(cb.RichProgressBar())
+    if cfg.early_stopping.enabled:
+        callbacks.append(
+            cb.EarlyStopping(
+                monitor=task.monitor,
+                mode=task.mode,
+                patience=cfg.early_stopping.patience,
+                min_delta=cfg.early_stopping.min_delta,
+            )
+        )
+    return callbacks
+
+
+def cluster_plugins() -> list:
+    """Lightning's cluster environment under SLURM/submitit.
+
+    A single-task job (one GPU per job, the sweep default) must not be treated as a SLURM-managed
+    multi-process run, so it gets the plain environment. Multi-task jobs (``trainer=ddp`` with
+    tasks_per_node = devices) use SLURM's, without Lightning's own requeue: submitit requeues.
+    """
+    if "SLURM_NTASKS" not in os.environ:
+        return []
+    from lightning.pytorch.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    if int(os.environ["SLURM_NTASKS"]) > 1:
+        return [SLURMEnvironment(auto_requeue=False)]
+    return [LightningEnvironment()]
+
+
+def build_trainer(trainer_args: dict, run_dir: Path, logger, callbacks: list, progress_bar: bool):
+    """``L.Trainer(**trainer_args)``: the trainer group as given (``++trainer.<arg>=`` included), plus
+    the atomic checkpoint IO and the cluster environment unless ``plugins`` is set."""
+    import lightning as L
+
+    from .checkpoint import AtomicCheckpointIO
+
+    args = {k: v for k, v in trainer_args.items() if v is not None}
+    args.setdefault("plugins", [*cluster_plugins(), AtomicCheckpointIO()])
+    return L.Trainer(
+        **args,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+    )
