@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hydrahead.compare import collect_runs, compare, main, run_compare
-from test_train import FAST, run_train
+from conftest import FAST, run_train
+from hydrahead.cli.compare import main
+from hydrahead.compare import collect_runs, compare, run_compare
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

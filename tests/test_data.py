@@ -12,8 +12,8 @@ from hydrahead.backbones import tiny_tokenizer
 from hydrahead.config import DataConfig
 from hydrahead.data.datamodule import Collator, HeadDataModule
 from hydrahead.data.encode import DataError, build_label_vocab, encode
-from hydrahead.modeling import IGNORE_INDEX as IGNORE
 from hydrahead.data.readers import read_examples
+from hydrahead.modeling import IGNORE_INDEX as IGNORE
 from hydrahead.training.metrics import EntityMetrics, is_bio
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hydrahead.reproduce import build_reproduction_config, compare_metrics, load_run, main
-from test_train import FAST, run_train
+from conftest import FAST, run_train
+from hydrahead.cli.reproduce import main
+from hydrahead.reproduce import build_reproduction_config, compare_metrics
+from hydrahead.rundir import load_run
 
 # ++trainer.num_sanity_val_steps: a key outside the schema, which a config file alone cannot restore.
 ARGS = [*FAST, "export=false", "seed=3", "++trainer.num_sanity_val_steps=0"]

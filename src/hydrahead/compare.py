@@ -1,47 +1,30 @@
-"""``hydrahead-compare SWEEP_DIR [SWEEP_DIR ...]``: one table (and one plot) per set of sweeps.
+"""Compare the jobs of one or more sweeps: one table (and one plot) per set of sweeps.
 
-Finds every job directory under the given directories (a directory with ``.hydra/`` and/or
-``metrics.json``; a job's own subfolders are never searched), groups the jobs by the keys the
-sweep varied (read from each job's ``.hydra/overrides.yaml``; a key missing from a job's overrides
-takes the job's group choice or config value, so several sweeps compare too), and aggregates the
-metric over seeds: mean, sample std, n (completed jobs), plus the failed and still running jobs.
+The library behind ``hydrahead-compare`` (:mod:`hydrahead.cli.compare`). Every run directory
+under the given directories is read through :func:`hydrahead.rundir.load_run` (a run dir's own
+subfolders are never searched); the jobs are grouped by the keys the sweep varied (read from each
+job's ``.hydra/overrides.yaml``; a key missing from a job's overrides takes the job's group choice
+or config value, so several sweeps compare too), and the metric is aggregated over seeds: mean,
+sample std, n (completed jobs), plus the failed and still running jobs.
 
-    hydrahead-compare outputs/multiruns/2026-01-01_12-00-00_ab12cd
-    hydrahead-compare outputs/multiruns/A outputs/multiruns/B --metric test/acc --by head,backbone.freeze
-
-Writes ``comparison.csv``, ``comparison.md`` (sorted by the metric) and ``comparison.png`` (bars
-with std error bars over a categorical key; lines over a numeric key such as ``head.layer``) into
-the first directory or ``--out``, and prints the table. Works on a sweep in progress: a job without
+:func:`run_compare` writes ``comparison.csv``, ``comparison.md`` (sorted by the metric) and
+``comparison.png`` (bars with std error bars over a categorical key; lines over a numeric key such
+as ``head.layer``) and prints the table. Works on a sweep in progress: a job without
 ``metrics.json`` is pending, a ``running`` job whose process is gone (this host, dead pid) is failed.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import math
-import os
-import socket
 import statistics
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-# Never grouping keys: seed is what gets aggregated over; the rest do not change what is measured.
-IGNORED_KEYS = {
-    "seed",
-    "ckpt_path",
-    "export",
-    "trainer.accelerator",
-    "trainer.devices",
-    "callbacks.rich_progress_bar",
-    "callbacks.lr_monitor",
-}
-IGNORED_PREFIXES = ("hydra", "paths", "logger")
+from hydrahead.rundir import find_runs, load_run, measures, natural_key
+
 OUTPUT_NAMES = ("comparison.csv", "comparison.md", "comparison.png")
 _UNKNOWN = object()
 
@@ -51,46 +34,6 @@ class CompareError(Exception):
 
 
 # ----------------------------------------------------------------------------------------- runs
-
-
-def _load_yaml(path: Path) -> Any:
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        with open(path) as fh:
-            return yaml.load(fh, Loader=loader)
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def is_job_dir(path: Path) -> bool:
-    return (path / ".hydra").is_dir() or (path / "metrics.json").is_file()
-
-
-def find_job_dirs(root: Path) -> list[Path]:
-    """Job directories at or under ``root``, in natural order; a job dir's own subfolders are skipped."""
-    root = Path(root)
-    if is_job_dir(root):
-        return [root]
-    found = []
-    for current, dirs, _ in os.walk(root):
-        here = Path(current)
-        if here != root and is_job_dir(here):
-            found.append(here)
-            dirs[:] = []
-            continue
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
-    return sorted(found, key=lambda p: _natural(str(p.relative_to(root))))
-
-
-def _natural(text: str) -> list:
-    """Sort key: '2' < '10'."""
-    import re
-
-    return [
-        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part
-    ]
 
 
 def parse_overrides(lines: list[str]) -> dict[str, Any]:
@@ -114,88 +57,32 @@ def parse_overrides(lines: list[str]) -> dict[str, Any]:
     return parsed
 
 
-def _process_start(pid: int) -> float | None:
-    """When process ``pid`` started (epoch seconds), from /proc; None where that is unavailable."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("btime"):
-                return int(line.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def process_gone(host: Any, pid: Any, started: Any = None) -> bool:
-    """True when a 'running' job's process is known to be dead: this host and no such pid.
-
-    A live pid that started after the job did (the pid was reused) counts as dead too.
-    A job on another host is never judged.
-    """
-    if not host or host != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return False  # PermissionError: it exists (another user's)
-    except OSError:
-        return False
-    try:
-        started_at = datetime.strptime(str(started), "%Y-%m-%dT%H:%M:%S%z").timestamp()
-    except ValueError:
-        return False
-    began = _process_start(pid)
-    return began is not None and began > started_at + 2
-
-
 def read_job(job_dir: Path, sweep: Path) -> dict:
-    """One job: status, metrics, overrides, config, group choices (never raises on missing files)."""
-    hydra_dir = job_dir / ".hydra"
-    overrides_list = _load_yaml(hydra_dir / "overrides.yaml") or []
-    config = _load_yaml(hydra_dir / "config.yaml") or {}
-    hydra_cfg = (_load_yaml(hydra_dir / "hydra.yaml") or {}).get("hydra") or {}
-    choices = (hydra_cfg.get("runtime") or {}).get("choices") or {}
-    if not isinstance(overrides_list, list):
-        overrides_list = []
-    run: dict = {
+    """One job, flattened for grouping: status, metrics, overrides (parsed), config, group choices.
+
+    Built on :func:`hydrahead.rundir.load_run`, so it never raises on missing or damaged files.
+    """
+    run = load_run(job_dir)
+    task = run.config.get("task") if isinstance(run.config.get("task"), dict) else {}
+    job: dict = {
         "dir": str(job_dir),
         "sweep": str(sweep),
         "name": str(job_dir.relative_to(sweep)) if job_dir != sweep else job_dir.name,
-        "override_list": [str(o) for o in overrides_list],
-        "overrides": parse_overrides(overrides_list),
-        "config": config if isinstance(config, dict) else {},
-        "choices": {k: v for k, v in choices.items() if not str(k).startswith("hydra/")},
-        "metrics": {},
-        "monitor": None,
-        "error": None,
+        "status": run.status,
+        "override_list": run.overrides,
+        "overrides": parse_overrides(run.overrides),
+        "config": run.config,
+        "choices": run.choices,
+        "metrics": run.metrics,
+        "monitor": run.monitor,
+        "mode": task.get("mode"),
+        "error": run.error,
+        "host": run.record.get("host"),
+        "pid": run.record.get("pid"),
+        "killed": run.killed,
     }
-    metrics_file = job_dir / "metrics.json"
-    if not metrics_file.is_file():
-        run["status"] = "pending"
-    else:
-        try:
-            payload = json.loads(metrics_file.read_text())
-            if not isinstance(payload, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as err:
-            payload = {"status": "failed", "error": f"unreadable metrics.json: {err}"}
-        run["status"] = str(payload.get("status") or "failed")
-        run["error"] = payload.get("error")
-        run["metrics"] = payload.get("metrics") if isinstance(payload.get("metrics"), dict) else {}
-        run["monitor"] = payload.get("monitor")
-        run["host"], run["pid"] = payload.get("host"), payload.get("pid")
-        if run["status"] == "running" and process_gone(run["host"], run["pid"], payload.get("started")):
-            run["status"] = "failed"
-            run["error"] = f"killed: pid {run['pid']} on {run['host']} is gone but the run never finished"
-            run["killed"] = True
-    task = run["config"].get("task") if isinstance(run["config"].get("task"), dict) else {}
-    run["monitor"] = run["monitor"] or task.get("monitor")
-    run["mode"] = task.get("mode")
-    run["seed"] = value_of(run, "seed")
-    return run
+    job["seed"] = value_of(job, "seed")
+    return job
 
 
 def collect_runs(dirs: list[str | Path]) -> list[dict]:
@@ -205,7 +92,7 @@ def collect_runs(dirs: list[str | Path]) -> list[dict]:
         root = Path(given).expanduser().resolve()
         if not root.is_dir():
             raise CompareError(f"{given}: no such directory")
-        runs.extend(read_job(job, root) for job in find_job_dirs(root))
+        runs.extend(read_job(job, root) for job in find_runs(root))
     return runs
 
 
@@ -232,6 +119,11 @@ def value_of(run: dict, key: str) -> Any:
     return _lookup(run["config"], key)
 
 
+def unknown_keys(runs: list[dict], keys: list[str]) -> list[str]:
+    """Those of ``keys`` that no job has a value for (a typo in ``--by``, say)."""
+    return [key for key in keys if all(value_of(r, key) is _UNKNOWN for r in runs)]
+
+
 def format_value(value: Any) -> str:
     if value is _UNKNOWN:
         return "?"
@@ -252,10 +144,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def ignored(key: str) -> bool:
-    return key in IGNORED_KEYS or key.split(".")[0].split("@")[0] in IGNORED_PREFIXES
-
-
 def swept_keys(runs: list[dict]) -> list[str]:
     """Override keys with more than one known value across the jobs (in order of first appearance).
 
@@ -264,7 +152,7 @@ def swept_keys(runs: list[dict]) -> list[str]:
     candidates: list[str] = []
     for run in runs:
         for key in run["overrides"]:
-            if key not in candidates and not ignored(key):
+            if key not in candidates and measures(key):
                 candidates.append(key)
     swept = []
     for key in candidates:
@@ -348,13 +236,14 @@ def compare(
         row["n"] = len(values)
         row["mean"] = statistics.fmean(values) if values else None
         row["std"] = statistics.stdev(values) if len(values) > 1 else None
-        row["seeds"] = sorted(seeds, key=_natural)
+        row["seeds"] = sorted(seeds, key=natural_key)
         rows.append(row)
 
     def order(row):
+        labels = [natural_key(v) for v in row["keys"].values()]
         if row["mean"] is None:
-            return (1, 0.0, [_natural(v) for v in row["keys"].values()])
-        return (0, -row["mean"] if descending else row["mean"], [_natural(v) for v in row["keys"].values()])
+            return (1, 0.0, labels)
+        return (0, -row["mean"] if descending else row["mean"], labels)
 
     rows.sort(key=order)
     return Comparison(
@@ -509,7 +398,7 @@ def write_plot(comp: Comparison, path: Path) -> str:
         if len(series) <= 1:  # one series: bars in the table's (metric) order
             categories = [row["keys"][x_key] if x_key else "all" for row in comp.rows]
         else:
-            categories = sorted({row["keys"][x_key] for row in comp.rows}, key=_natural)
+            categories = sorted({row["keys"][x_key] for row in comp.rows}, key=natural_key)
         width = 0.8 / max(1, len(series))
         for i, (label, rows) in enumerate(series.items()):
             by_cat = {(r["keys"][x_key] if x_key else "all"): r for r in rows}
@@ -575,36 +464,3 @@ def run_compare(
         print_table(comp)
         print(f"wrote {csv_path}, {md_path.name}, {png_path.name} ({comp.plot_kind} plot)")
     return comp
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hydrahead-compare",
-        description="Compare the jobs of one or more sweeps: group by the swept keys, aggregate over seeds.",
-    )
-    parser.add_argument("dirs", nargs="+", type=Path, help="sweep (or run) directories; searched recursively")
-    parser.add_argument("--metric", help="metric to compare (default: the jobs' monitor, e.g. val/acc)")
-    parser.add_argument(
-        "--by",
-        help="comma-separated grouping keys (default: the keys whose value differs; "
-        "'sweep' groups by directory)",
-    )
-    parser.add_argument("--out", type=Path, help="where comparison.{csv,md,png} go (default: the first dir)")
-    args = parser.parse_args(argv)
-    by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
-    try:
-        comp = run_compare(args.dirs, args.metric, by, args.out)
-    except CompareError as err:
-        print(f"hydrahead-compare: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"hydrahead-compare: cannot write the comparison: {err} (try --out)", file=sys.stderr)
-        return 2
-    for key in by or []:
-        if all(value_of(r, key) is _UNKNOWN for r in comp.runs):
-            print(f"hydrahead-compare: warning: no job has a value for {key!r}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ The re-run never reads today's ``conf/``: it composes a primary config made of t
 ``.hydra/config.yaml`` (merged into the typed ``train_schema``, so the same validation applies)
 plus the Hydra settings that shaped the run (``hydra.job.chdir``, the override_dirname settings,
 the job name, env, logging), with ``hydra.run.dir`` pointing at a fresh directory. It runs as
-``python -m hydrahead.train --config-path <new dir> --config-name reproduction`` in a subprocess
+``python -m hydrahead.cli.train --config-path <new dir> --config-name reproduction`` in a subprocess
 whose working directory is the original run's (``hydra.runtime.cwd``, so relative paths in the
 config mean what they meant), and always as a single run, also for a job of a multirun.
 
@@ -17,7 +17,6 @@ diff is printed) or the re-run failed; 2 the directory is not a completed run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -26,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from hydrahead.rundir import Run, load_run
 
 CONFIG_NAME = "reproduction"
 # Hydra settings copied from the saved hydra.yaml: what shapes a run besides the task config.
@@ -38,42 +39,21 @@ class ReproduceError(Exception):
     """Not a reproducible run (exit 2)."""
 
 
-def _load_yaml(path: Path) -> Any:
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with open(path) as fh:
-        return yaml.load(fh, Loader=loader)
-
-
-def load_run(run_dir: Path) -> dict:
-    """The saved config, Hydra config, overrides and metrics of a completed run (ReproduceError otherwise)."""
-    run_dir = Path(run_dir).expanduser().resolve()
-    config_file = run_dir / ".hydra" / "config.yaml"
-    if not config_file.is_file():
-        raise ReproduceError(f"{run_dir} is not a run directory: no .hydra/config.yaml")
-    metrics_file = run_dir / "metrics.json"
-    if not metrics_file.is_file():
-        raise ReproduceError(f"{run_dir} has no metrics.json: the run has not finished (or never started)")
-    try:
-        metrics = json.loads(metrics_file.read_text())
-    except ValueError as err:
-        raise ReproduceError(f"{metrics_file} is not valid JSON: {err}") from err
-    status = metrics.get("status")
-    if status != "completed":
-        detail = f": {metrics['error']}" if metrics.get("error") else ""
-        raise ReproduceError(f"{run_dir} did not complete (status {status!r}{detail}); nothing to reproduce")
-    hydra_file = run_dir / ".hydra" / "hydra.yaml"
-    hydra_cfg = (_load_yaml(hydra_file) or {}).get("hydra", {}) if hydra_file.is_file() else {}
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = (_load_yaml(overrides_file) or []) if overrides_file.is_file() else []
-    return {
-        "dir": run_dir,
-        "config_file": config_file,
-        "hydra": hydra_cfg,
-        "overrides": [str(o) for o in overrides],
-        "metrics": metrics,
-    }
+def completed_run(run_dir: Path) -> Run:
+    """The run at ``run_dir`` if it completed; ReproduceError (naming what is missing) otherwise."""
+    run = load_run(run_dir)
+    if not run.config_file.is_file():
+        raise ReproduceError(f"{run.dir} is not a run directory: no .hydra/config.yaml")
+    if run.status == "pending":
+        raise ReproduceError(f"{run.dir} has no metrics.json: the run has not finished (or never started)")
+    if run.unreadable:
+        raise ReproduceError(f"{run.dir / 'metrics.json'} is not valid JSON: {run.unreadable}")
+    if run.status != "completed":
+        detail = f": {run.error}" if run.error else ""
+        raise ReproduceError(
+            f"{run.dir} did not complete (status {run.status!r}{detail}); nothing to reproduce"
+        )
+    return run
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,14 +95,14 @@ def _override_value(value: Any) -> str:
     return f"'{text}'"
 
 
-def build_reproduction_config(run: dict, out_dir: Path) -> tuple[dict, list[str], list[str]]:
+def build_reproduction_config(run: Run, out_dir: Path) -> tuple[dict, list[str], list[str]]:
     """(primary config as a dict, ++ overrides for keys outside the schema, notes)."""
     from omegaconf import OmegaConf
 
     from hydrahead.config import TrainConfig
 
     notes: list[str] = []
-    saved = OmegaConf.load(run["config_file"])
+    saved = OmegaConf.load(run.config_file)
     schema = OmegaConf.structured(TrainConfig)
     extras = _schema_extras(saved, schema)
     config = OmegaConf.to_container(saved, resolve=False)
@@ -141,7 +121,7 @@ def build_reproduction_config(run: dict, out_dir: Path) -> tuple[dict, list[str]
         )
         paths["output_dir"] = "${hydra:runtime.output_dir}"
 
-    saved_hydra = run["hydra"]
+    saved_hydra = run.hydra
     hydra: dict = {
         "run": {"dir": str(out_dir)},
         "sweep": {"dir": str(out_dir / "multirun"), "subdir": "${hydra.job.num}"},
@@ -155,7 +135,7 @@ def build_reproduction_config(run: dict, out_dir: Path) -> tuple[dict, list[str]
     # The new run's .hydra/overrides.yaml records the overrides that made the saved config.
     extra_keys = set(extras)
     hydra["overrides"] = {
-        "task": [o for o in run["overrides"] if _override_key(o) not in extra_keys],
+        "task": [o for o in run.overrides if _override_key(o) not in extra_keys],
     }
     if not saved_hydra:
         notes.append("no .hydra/hydra.yaml: Hydra settings are the defaults")
@@ -188,34 +168,6 @@ def compare_metrics(old: dict, new: dict, rtol: float = 0.0, atol: float = 1e-6)
     return rows
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _print_table(title: str, rows: list[dict], delta: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("old", justify="right")
-    table.add_column("new", justify="right")
-    if delta:
-        table.add_column("delta", justify="right")
-    for row in rows:
-        cells = [row["key"], _fmt(row["old"]), _fmt(row["new"])]
-        if delta:
-            cells.append(
-                "missing" if row["delta"] is None and row["old"] != row["new"] else _fmt(row["delta"])
-            )
-        table.add_row(*cells)
-    Console().print(table)
-
-
 def _default_out(run_dir: Path) -> Path:
     base = run_dir / "reproductions" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out, i = base, 1
@@ -235,22 +187,22 @@ def reproduce(
     run_dir: Path, out: Path | None = None, rtol: float = 0.0, atol: float = 1e-6, quiet: bool = False
 ) -> dict:
     """Re-run ``run_dir`` into ``out``; returns {out, returncode, rows, ok, error}."""
-    run = load_run(run_dir)
-    out = Path(out).expanduser().resolve() if out else _default_out(run["dir"])
+    run = completed_run(run_dir)
+    out = Path(out).expanduser().resolve() if out else _default_out(run.dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         # never over another run, nor next to a stray checkpoints/last.ckpt (the runner resumes from it)
         raise ReproduceError(f"{out} already exists and is not empty; pick another --out")
     config, extra_overrides, notes = build_reproduction_config(run, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{CONFIG_NAME}.yaml").write_text(_dump(config))
-    cwd = Path(run["hydra"].get("runtime", {}).get("cwd") or os.getcwd())
+    cwd = Path((run.hydra.get("runtime") or {}).get("cwd") or os.getcwd())
     if not cwd.is_dir():
         notes.append(f"the original working directory {cwd} is gone; running from {out}")
         cwd = out
     cmd = [
         sys.executable,
         "-m",
-        "hydrahead.train",
+        "hydrahead.cli.train",
         "--config-path",
         str(out),
         "--config-name",
@@ -261,13 +213,13 @@ def reproduce(
     if not quiet:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
-        print(f"reproducing {run['dir']} -> {out}", file=sys.stderr)
+        print(f"reproducing {run.dir} -> {out}", file=sys.stderr)
     with open(log_file, "w") as log:
         log.write("$ " + " ".join(cmd) + f"\n(cwd {cwd})\n\n")
         log.flush()
         proc = subprocess.run(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     result: dict = {
-        "source": str(run["dir"]),
+        "source": str(run.dir),
         "out": str(out),
         "returncode": proc.returncode,
         "command": cmd,
@@ -277,15 +229,12 @@ def reproduce(
         "ok": False,
         "error": None,
     }
-    new_file = out / "metrics.json"
-    new = json.loads(new_file.read_text()) if new_file.is_file() else {}
-    if proc.returncode != 0 or new.get("status") != "completed":
-        result["error"] = new.get("error") or f"exit status {proc.returncode}; see {log_file}"
+    new = load_run(out)
+    if proc.returncode != 0 or new.status != "completed":
+        result["error"] = new.error or f"exit status {proc.returncode}; see {log_file}"
         result["log_tail"] = _tail(log_file)
     else:
-        result["rows"] = compare_metrics(
-            run["metrics"].get("metrics", {}), new.get("metrics", {}), rtol, atol
-        )
+        result["rows"] = compare_metrics(run.metrics, new.metrics, rtol, atol)
         result["ok"] = bool(result["rows"]) and all(r["ok"] for r in result["rows"])
         if not result["rows"]:
             result["error"] = "neither run recorded any metrics"
@@ -300,56 +249,3 @@ def _dump(config: dict) -> str:
 
     header = "# Written by hydrahead-reproduce: the saved config of the source run + its Hydra settings.\n"
     return header + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hydrahead-reproduce",
-        description="Re-run a finished run from its saved config and compare its metrics with the original.",
-    )
-    parser.add_argument(
-        "run_dir", type=Path, help="a run directory (holds .hydra/config.yaml and metrics.json)"
-    )
-    parser.add_argument(
-        "--out", type=Path, help="new run directory (default: RUN_DIR/reproductions/<timestamp>)"
-    )
-    parser.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (default 0)")
-    parser.add_argument(
-        "--atol",
-        type=float,
-        default=1e-6,
-        help="absolute tolerance (default 1e-6: absorbs float printing in JSON)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        result = reproduce(args.run_dir, args.out, rtol=args.rtol, atol=args.atol)
-    except ReproduceError as err:
-        print(f"hydrahead-reproduce: {err}", file=sys.stderr)
-        return 2
-    if result["error"]:
-        if result.get("log_tail"):
-            print(result["log_tail"], file=sys.stderr)
-        print(
-            f"hydrahead-reproduce: the re-run failed: {result['error']}\n  run dir: {result['out']}",
-            file=sys.stderr,
-        )
-        return 1
-    rows = result["rows"]
-    if result["ok"]:
-        _print_table(
-            f"reproduced: {len(rows)} metrics match (atol={args.atol}, rtol={args.rtol})", rows, False
-        )
-        print(f"new run: {result['out']}")
-        return 0
-    bad = [r for r in rows if not r["ok"]]
-    _print_table(
-        f"NOT reproduced: {len(bad)} of {len(rows)} metrics differ (atol={args.atol}, rtol={args.rtol})",
-        bad,
-        True,
-    )
-    print(f"new run: {result['out']}")
-    return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

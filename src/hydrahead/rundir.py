@@ -9,6 +9,7 @@ running -> completed | failed, then the final metrics), ``labels.json``, ``check
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -25,25 +26,27 @@ LABELS = "labels.json"
 HYDRA_DIR = ".hydra"
 STATUSES = ("pending", "running", "completed", "failed")
 
-# Keys that do not change what a run measures: never grouping keys in a comparison, never part of
-# a job's name. seed is what comparisons aggregate over.
-NON_MEASUREMENT_KEYS = (
-    "seed",
-    "ckpt_path",
-    "export",
-    "malloc",
-    "trainer.accelerator",
-    "trainer.devices",
-    "callbacks.rich_progress_bar",
-    "callbacks.lr_monitor",
-)
-NON_MEASUREMENT_GROUPS = ("hydra", "paths", "logger")
+
+@functools.cache
+def non_measurement_keys() -> frozenset[str]:
+    """Keys that do not change what a run measures (seed is what comparisons aggregate over).
+
+    Defined once, in ``conf/hydra/default.yaml`` (``hydra.job.config.override_dirname.exclude_keys``),
+    so job names and comparisons agree; a group name there (``logger``) covers all its keys.
+    """
+    import yaml
+
+    from hydrahead.utils.paths import config_dir
+
+    hydra = yaml.safe_load((config_dir() / "hydra" / "default.yaml").read_text())
+    return frozenset(hydra["job"]["config"]["override_dirname"]["exclude_keys"])
 
 
 def measures(key: str) -> bool:
     """False for a key that changes nothing measured (``seed``, ``+logger.wandb.project``, ``hydra.*``)."""
     key = key.lstrip("+~")
-    return key not in NON_MEASUREMENT_KEYS and key.split(".")[0].split("@")[0] not in NON_MEASUREMENT_GROUPS
+    ignored = non_measurement_keys()
+    return key not in ignored and key.split(".")[0].split("@")[0] not in ignored
 
 
 # ------------------------------------------------------------------------------------------ writing

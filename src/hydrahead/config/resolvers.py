@@ -25,21 +25,13 @@ def mkdir(path: str) -> str:
     return path
 
 
-def non_measurement_keys() -> list[str]:
-    """The override keys left out of a job's name (``override_dirname``): the run dir's one list."""
-    from hydrahead.rundir import NON_MEASUREMENT_GROUPS, NON_MEASUREMENT_KEYS
-
-    return [*NON_MEASUREMENT_KEYS, *NON_MEASUREMENT_GROUPS]
-
-
 def register_resolvers() -> None:
     """Resolvers the shipped configs use (idempotent).
 
     ``hh.root``: where outputs/ and data/ live. ``hh.uid``: the invocation id (stable across the
     processes of one launch); ``hh.token``: fresh random hex per use. ``hh.job_subdir``: a sweep
     job's directory name. ``hh.direction``: task.mode (max/min) as an optimizer direction.
-    ``hh.mkdir``: a directory path, created on first use. ``hh.non_measurement_keys``: the keys
-    that do not change what a run measures.
+    ``hh.mkdir``: a directory path, created on first use.
     """
     from hydrahead.utils.paths import project_root
 
@@ -50,7 +42,6 @@ def register_resolvers() -> None:
         "hh.job_subdir": job_subdir,
         "hh.direction": lambda mode: {"max": "maximize", "min": "minimize"}[mode],
         "hh.mkdir": mkdir,
-        "hh.non_measurement_keys": non_measurement_keys,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
