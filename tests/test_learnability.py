@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -39,7 +37,6 @@ def _batch(generator, vocab_size, class_of, cls_id, level):
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_preset_learns_token_identity_task(preset):
-    start = time.perf_counter()
     head = dict(PRESETS[preset])
     level = head.pop("level", None) or "token"  # build_model's head= has no 'level' key
     model, tokenizer = build_model("tiny:bert", labels=NUM_LABELS, head=head, level=level)
@@ -73,5 +70,3 @@ def test_preset_learns_token_identity_task(preset):
     if preset == "scalar_mix":
         assert mix_init is not None
         assert (model.mix.weights.detach() - mix_init).abs().max() > 1e-3
-    elapsed = time.perf_counter() - start
-    assert elapsed < 30, f"{preset} took {elapsed:.1f} s"
