@@ -238,3 +238,14 @@ def test_tiny_config_matches_tokenizer():
     config = tiny_config("roberta", tokenizer)
     assert config.vocab_size == len(tokenizer)
     assert config.pad_token_id == tokenizer.pad_token_id
+
+
+def test_build_model_takes_a_typed_backbone_config_or_a_name_with_options():
+    from hydrahead.config import BackboneConfig
+
+    typed, _ = build_model(BackboneConfig(name_or_path="tiny:bert", freeze=True), labels=3)
+    named, _ = build_model(name_or_path="tiny:bert", freeze=True, labels=3)
+    assert typed.config.freeze is True and named.config.freeze is True
+    assert all(torch.equal(a, b) for a, b in zip(typed.state_dict().values(), named.state_dict().values()))
+    with pytest.raises(TypeError, match="belong in the BackboneConfig"):
+        build_model(BackboneConfig(name_or_path="tiny:bert"), freeze=True)

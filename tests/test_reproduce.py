@@ -110,3 +110,10 @@ def test_reproduction_config(job, tmp_path):
     )
     assert [(r["key"], r["ok"]) for r in rows] == [("a", True), ("b", False), ("c", True), ("d", False)]
     assert compare_metrics({"b": 2.0}, {"b": 2.1}, rtol=0.1)[0]["ok"]
+
+
+def test_a_run_saved_before_the_cli_moved_still_reproduces(job, tmp_path):
+    run = load_run(job)
+    run.hydra["callbacks"] = {"sweep_report": {"_target_": "hydrahead.train.SweepReport"}}  # as saved then
+    config, _, _ = build_reproduction_config(run, tmp_path / "new")
+    assert config["hydra"]["callbacks"]["sweep_report"]["_target_"] == "hydrahead.cli.train.SweepReport"

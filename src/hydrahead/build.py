@@ -55,7 +55,7 @@ def random_backbone(truncated_config, full_depth: int):
 
 
 def build_model(
-    backbone: str | BackboneConfig = EMBEDDED_ID,
+    name_or_path: str | BackboneConfig = EMBEDDED_ID,
     *,
     labels: int | Sequence[str] = 2,
     head: HeadSpec | dict | None = None,
@@ -67,7 +67,7 @@ def build_model(
 ):
     """Build a :class:`HydraHeadModel` and the backbone's tokenizer.
 
-    ``backbone`` is a :class:`~hydrahead.config.BackboneConfig` or a name (hub id, local dir,
+    ``name_or_path`` is a :class:`~hydrahead.config.BackboneConfig` or a name (hub id, local dir,
     ``tiny:<family>``) with its options as keywords (``freeze``, ``pretrained``, ``dtype``, ...).
     ``head`` is a head spec (``HeadConfig``/``HeadSpec`` or a dict of its keys; missing keys take
     the defaults). Config and head spec are checked before any weights load. The backbone is
@@ -78,11 +78,12 @@ def build_model(
 
     from .modeling import HydraHeadConfig, HydraHeadModel
 
-    bb = (
-        backbone
-        if isinstance(backbone, BackboneConfig)
-        else BackboneConfig(name_or_path=str(backbone), **backbone_options)
-    )
+    if isinstance(name_or_path, BackboneConfig):
+        if backbone_options:
+            raise TypeError(f"build_model: {sorted(backbone_options)} belong in the BackboneConfig given")
+        bb = name_or_path
+    else:
+        bb = BackboneConfig(name_or_path=str(name_or_path), **backbone_options)
     if isinstance(head, HeadSpec):
         head = head.model_spec() if hasattr(head, "model_spec") else dataclasses.asdict(head)
     name, options = bb.name_or_path, {"revision": bb.revision, "trust_remote_code": bb.trust_remote_code}
@@ -116,7 +117,7 @@ def build_model(
             encoder = random_backbone(config.backbone_config, config.backbone_layers)
         model = HydraHeadModel(config, backbone=encoder)
         if not loaded and bb.dtype not in (None, "auto"):  # random weights: honour dtype too
-            model.backbone.to(getattr(torch, bb.dtype))
+            model.backbone.to(getattr(torch, bb.dtype) if isinstance(bb.dtype, str) else bb.dtype)
     if bb.resize_token_embeddings:
         model.resize_token_embeddings(bb.resize_token_embeddings)
     return model, tokenizer

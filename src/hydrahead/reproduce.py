@@ -33,6 +33,7 @@ CONFIG_NAME = "reproduction"
 # Not copied: mode, sweeper, launcher (a multirun job is reproduced as one run), runtime, overrides.hydra.
 HYDRA_JOB_KEYS = ("name", "chdir", "env_set", "config")
 HYDRA_TOP_KEYS = ("job_logging", "hydra_logging", "verbose", "output_subdir", "callbacks")
+MOVED_TARGETS = {"hydrahead.train.SweepReport": "hydrahead.cli.train.SweepReport"}
 
 
 class ReproduceError(Exception):
@@ -132,6 +133,9 @@ def build_reproduction_config(run: Run, out_dir: Path) -> tuple[dict, list[str],
     for key in HYDRA_TOP_KEYS:
         if key in saved_hydra:
             hydra[key] = saved_hydra[key]
+    for callback in (hydra.get("callbacks") or {}).values():  # classes that have moved since the run
+        if isinstance(callback, dict) and callback.get("_target_") in MOVED_TARGETS:
+            callback["_target_"] = MOVED_TARGETS[callback["_target_"]]
     # The new run's .hydra/overrides.yaml records the overrides that made the saved config.
     extra_keys = set(extras)
     hydra["overrides"] = {

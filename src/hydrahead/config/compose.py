@@ -11,9 +11,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 def compose(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> DictConfig:
     """Compose ``conf/train.yaml`` with ``overrides`` (Hydra's override grammar, as on the command line).
 
-    ``paths.output_dir`` becomes ``output_dir``, or else the directory a single ``hydrahead-train``
-    run would get (``hydra.run.dir``). Unknown keys, options and wrong types raise Hydra's errors
-    here; :func:`hydrahead.config.validate` checks values.
+    ``paths.output_dir`` becomes ``output_dir``, or else (unless an override sets it) the directory
+    a single ``hydrahead-train`` run would get (``hydra.run.dir``). Unknown keys, options and wrong
+    types raise Hydra's errors here; :func:`hydrahead.config.validate` checks values.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -26,7 +26,9 @@ def compose(overrides: Sequence[str] = (), output_dir: str | Path | None = None)
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
     planned = OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"]
+    given = OmegaConf.to_container(cfg.paths, resolve=False)["output_dir"]
     with open_dict(cfg):
         del cfg["hydra"]
-        cfg.paths.output_dir = str(Path(output_dir or planned).expanduser().resolve())
+        if output_dir is not None or str(given).startswith("${hydra:"):  # else set by an override
+            cfg.paths.output_dir = str(Path(output_dir or planned).expanduser().resolve())
     return cfg
