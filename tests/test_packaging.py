@@ -26,6 +26,7 @@ def test_wheel_carries_configs_and_experiments(tmp_path):
     zipfile.ZipFile(wheel).extractall(unpacked)
     assert (unpacked / "hydrahead" / "conf" / "train.yaml").is_file()
     assert (unpacked / "hydrahead" / "conf" / "experiment" / "head_comparison.yaml").is_file()
+    assert (unpacked / "hydrahead" / "modeling" / "head_spec.py").is_file()  # exports copy it
     env = {**os.environ, "PYTHONPATH": str(unpacked), "HYDRAHEAD_ROOT": str(tmp_path / "root")}
     proc = subprocess.run(
         [
@@ -40,7 +41,7 @@ def test_wheel_carries_configs_and_experiments(tmp_path):
         timeout=60,
     )
     assert proc.stdout.split() == [
-        str(unpacked / "hydrahead" / "paths.py"),
+        str(unpacked / "hydrahead" / "utils" / "paths.py"),
         str(unpacked / "hydrahead" / "conf"),
         str(unpacked / "hydrahead" / "conf" / "experiment"),
     ]
