@@ -24,7 +24,6 @@ from hydrahead.utils.atomic import atomic_path
 METRICS = "metrics.json"
 LABELS = "labels.json"
 HYDRA_DIR = ".hydra"
-STATUSES = ("pending", "running", "completed", "failed")
 
 
 @functools.cache
