@@ -31,6 +31,11 @@ def label_maps(labels: int | Sequence[str]) -> tuple[dict[int, str], dict[str, i
     return dict(enumerate(names)), {name: i for i, name in enumerate(names)}
 
 
+def head_seed(seed: int) -> int:
+    """The seed the head's initial weights are drawn with (apart from the backbone's draws)."""
+    return (seed * 1_000_003 + 7) % 2**63
+
+
 def random_backbone(truncated_config, full_depth: int):
     """Random weights that depend on the seed alone, not on the highest layer a head reads.
 
@@ -63,6 +68,7 @@ def build_model(
     level: str = "sequence",
     seed: int = 0,
     tokenizer=None,
+    encoder=None,
     **backbone_options,
 ):
     """Build a :class:`HydraHeadModel` and the backbone's tokenizer.
@@ -73,6 +79,10 @@ def build_model(
     the defaults). Config and head spec are checked before any weights load. The backbone is
     truncated above the highest layer the head reads, so those layers are neither loaded nor
     computed. ``pretrained=False`` (and every ``tiny:`` backbone) gives random weights, seeded by ``seed``.
+
+    ``encoder``: an already-built backbone of this config (at least as deep as the head reads) to
+    put the head on instead of loading one; the frozen-head jobs of a sweep share one. The head's
+    initial weights depend on ``seed`` and the head alone, so they are the same either way.
     """
     import torch
 
@@ -103,7 +113,10 @@ def build_model(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         loaded = bb.pretrained and not is_tiny(name)
-        if loaded:
+        shared = encoder is not None
+        if shared:
+            pass  # built (loaded or drawn, resized, cast) once for every head that shares it
+        elif loaded:
             encoder = load_backbone_weights(
                 name,
                 config.backbone_config,
@@ -115,9 +128,12 @@ def build_model(
             if bb.attn_implementation:
                 config.backbone_config._attn_implementation = bb.attn_implementation
             encoder = random_backbone(config.backbone_config, config.backbone_layers)
+        # The head draws from a seed of its own, so loading or drawing the backbone (or reusing one)
+        # never shifts its initial weights.
+        torch.manual_seed(head_seed(seed))
         model = HydraHeadModel(config, backbone=encoder)
-        if not loaded and bb.dtype not in (None, "auto"):  # random weights: honour dtype too
+        if not shared and not loaded and bb.dtype not in (None, "auto"):  # random weights: honour dtype
             model.backbone.to(getattr(torch, bb.dtype) if isinstance(bb.dtype, str) else bb.dtype)
-    if bb.resize_token_embeddings:
+    if bb.resize_token_embeddings and not shared:
         model.resize_token_embeddings(bb.resize_token_embeddings)
     return model, tokenizer

@@ -7,13 +7,24 @@ anywhere, and with no remote code at all once ``hydrahead.modeling`` is imported
 Native: a linear head on the last layer, per token (``*ForTokenClassification``) or on the
 backbone's pooler (``*ForSequenceClassification``), becomes the plain HF class with the same weights
 and logits, loadable without ``trust_remote_code``.
+
+From a run directory: :func:`export_run` (``hydrahead-export RUN_DIR``) rebuilds the model from a
+checkpoint and its saved config. A frozen run's checkpoint holds only the head; its backbone is
+rebuilt from the source its ``backbone_ref`` names, after checking that source still holds the
+weights the head was trained on.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger("hydrahead.export")
 
 
 def native_head_kind(config) -> str | None:
@@ -116,3 +127,192 @@ def export_model(model, out_dir: str | Path, tokenizer=None, native: bool = Fals
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+# ------------------------------------------------------------------------------------ from a run dir
+
+
+class ExportError(ValueError):
+    """A run that cannot be exported; the message (one line) names the directory or file and why."""
+
+
+def export_run(
+    run_dir: str | Path, out: str | Path | None = None, native: bool = False, checkpoint: str = "best"
+) -> Path:
+    """Rebuild a run's model from a checkpoint and write a full export; returns the export's directory.
+
+    ``checkpoint``: ``best``, ``last`` or a checkpoint file's path. ``out`` defaults to
+    ``<run>/model``; an existing export there is replaced, any other non-empty directory is refused.
+    A run that did not complete (failed, killed, still running) is exported with a warning: its
+    checkpoint is what it trained so far. Raises ExportError (or ConfigError, for a checkpoint or a
+    backbone whose weights changed) with one line.
+    """
+    from hydrahead.backbone_ref import check_backbone_reference
+    from hydrahead.backbones import load_tokenizer
+    from hydrahead.build import build_model
+    from hydrahead.config.schema import ConfigError
+    from hydrahead.rundir import is_run_dir, load_run
+    from hydrahead.training.checkpoint import read_checkpoint
+
+    path = Path(run_dir).expanduser()
+    if not path.is_dir():
+        raise ExportError(f"{run_dir}: no such directory")
+    if not is_run_dir(path):
+        raise ExportError(f"{path} is not a run directory (it has neither .hydra/ nor metrics.json)")
+    run = load_run(path)
+    ckpt = _checkpoint_file(run, checkpoint)
+    out = Path(out).expanduser() if out else run.dir / "model"
+    _check_out(out)
+    if run.status != "completed":
+        detail = f" ({run.error})" if run.error else ""
+        log.warning(
+            "the run's status is %r%s: exporting %s as it is, what the run had trained so far",
+            run.status,
+            detail,
+            ckpt.name,
+        )
+    state = read_checkpoint(ckpt)
+    config = state.get("hyper_parameters") or {}
+    if not all(isinstance(config.get(group), dict) for group in ("backbone", "head", "task", "data")):
+        raise ExportError(f"{ckpt}: not a hydrahead checkpoint (it holds no saved run config)")
+    labels = config.get("labels") or run.labels
+    if not labels:
+        raise ExportError(f"{ckpt}: no label vocabulary in the checkpoint or {run.dir / 'labels.json'}")
+    bb, head, seed = _typed_config(config, ckpt)
+    head_only = bool(state.get("frozen_backbone_dropped"))
+    if head_only:
+        ref = state.get("backbone_ref")
+        if ref is None:
+            log.warning(
+                "%s carries no backbone reference (written before hydrahead recorded one): rebuilding "
+                "backbone %r from its source unverified",
+                ckpt.name,
+                bb.name_or_path,
+            )
+        else:
+            check_backbone_reference(ref)
+            # Rebuild from exactly what was checked: the resolved directory, the recorded commit.
+            if ref.get("path"):
+                bb = dataclasses.replace(bb, name_or_path=ref["path"])
+            if ref.get("commit"):
+                bb = dataclasses.replace(bb, revision=ref["commit"])
+            elif "commit" in ref:
+                log.warning(
+                    "backbone %r: the commit it resolved to in training is unknown; loading revision %s "
+                    "as it is now",
+                    bb.name_or_path,
+                    bb.revision or "main",
+                )
+            seed = ref.get("random_init_seed", seed)
+    else:  # every backbone weight is in the checkpoint: load none from the source
+        bb = dataclasses.replace(bb, pretrained=False)
+    bb = dataclasses.replace(bb, name_or_path=_backbone_source(bb.name_or_path, run))
+    level = config["data"].get("level", "sequence")
+    try:
+        tokenizer = load_tokenizer(
+            bb.name_or_path,
+            revision=bb.revision,
+            trust_remote_code=bb.trust_remote_code,
+            words=level != "sequence",
+        )
+        model, _ = build_model(
+            bb,
+            labels=labels,
+            head=head,
+            task=config["task"].get("name", "multiclass"),
+            level=level,
+            seed=seed,
+            tokenizer=tokenizer,
+        )
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"backbone {bb.name_or_path!r}: cannot rebuild it ({reason})") from None
+    _load_weights(model, state["state_dict"], head_only, ckpt)
+    model.eval()
+    return _write_export(model, tokenizer, out, native)
+
+
+def _checkpoint_file(run, checkpoint: str) -> Path:
+    if checkpoint not in ("best", "last"):
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise ExportError(f"--checkpoint {checkpoint}: no such checkpoint file")
+        return path
+    found = run.checkpoints
+    if checkpoint not in found:
+        others = f"; there is {sorted(found)[0]}.ckpt (--checkpoint {sorted(found)[0]})" if found else ""
+        raise ExportError(f"{run.dir}: no {checkpoint} checkpoint in checkpoints/{others}")
+    return found[checkpoint]
+
+
+def _typed_config(config: dict, ckpt: Path):
+    """The saved config's backbone (BackboneConfig), head spec (a dict) and seed, checked."""
+    from hydrahead.backbone_ref import backbone_config_of
+    from hydrahead.config.schema import ConfigError, HeadConfig
+    from hydrahead.modeling.head_spec import HEAD_KEYS, normalize_head
+
+    try:
+        bb = backbone_config_of(config)
+        head = HeadConfig(**{k: v for k, v in config["head"].items() if k in HEAD_KEYS}).model_spec()
+        normalize_head(head)
+    except (ConfigError, TypeError, ValueError) as err:
+        raise ExportError(f"{ckpt}: its saved config does not describe a model ({err})") from None
+    return bb, head, int(config.get("seed", 0))
+
+
+def _backbone_source(name: str, run) -> str:
+    """A relative local backbone dir means what it meant where the run started (Hydra's runtime cwd)."""
+    local = Path(name).expanduser()
+    if str(name).startswith("tiny:") or local.is_absolute() or local.is_dir():
+        return name
+    cwd = (run.hydra.get("runtime") or {}).get("cwd")
+    if cwd and (Path(cwd) / local).is_dir():
+        return str(Path(cwd) / local)
+    return name
+
+
+def _load_weights(model, saved: dict, head_only: bool, ckpt: Path) -> None:
+    """The checkpoint's weights into ``model``: every key must fit (head-only: every non-backbone key)."""
+    weights = {k[len("model.") :]: v for k, v in saved.items() if k.startswith("model.")}
+    wanted = model.state_dict()
+    missing = [k for k in wanted if k not in weights and not (head_only and k.startswith("backbone."))]
+    unexpected = [k for k in weights if k not in wanted]
+    if missing or unexpected:
+        raise ExportError(
+            f"{ckpt} does not fit the model its saved config describes: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}"
+        )
+    try:  # assign: the weights keep the dtype they were trained in
+        model.load_state_dict(weights, strict=not head_only, assign=True)
+    except RuntimeError as err:
+        raise ExportError(f"{ckpt}: {str(err).strip().splitlines()[-1].strip()}") from None
+
+
+def _check_out(out: Path) -> None:
+    """``out`` is new, empty or an export (which is replaced): never another directory's content."""
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "config.json").is_file())):
+        raise ExportError(f"--out {out}: exists and is not an export; give a new or empty directory")
+
+
+def _write_export(model, tokenizer, out: Path, native: bool) -> Path:
+    """Export into a temporary sibling, then swap it in: a failed export leaves ``out`` as it was."""
+    _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        try:
+            export_model(model, tmp, tokenizer, native=native)
+        except ValueError as err:  # no native class for this head
+            raise ExportError(f"--native: {err}") from None
+        if out.exists():
+            old = out.with_name(f".{out.name}.replaced-{tmp.name}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

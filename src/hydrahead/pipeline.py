@@ -98,68 +98,324 @@ def hydra_job() -> dict:
 
 
 def _fit(cfg: DictConfig, typed: TrainConfig, run_dir: RunDir, job: dict, secrets: set[str]) -> dict:
-    """Train, evaluate the best checkpoint and export; returns what metrics.json adds."""
-    import lightning as L
-    from lightning.pytorch.accelerators import CPUAccelerator
+    """Train, evaluate the best checkpoint and export; returns what metrics.json adds.
 
-    from hydrahead.backbones import load_tokenizer
-    from hydrahead.build import build_model
-    from hydrahead.data.datamodule import HeadDataModule
-    from hydrahead.data.features import training_data
-    from hydrahead.export import export_model
-    from hydrahead.training import factories
+    A whole frozen backbone trains on cached features: with the head trainer (a plain loop, see
+    ``training.head_trainer``) unless a trainer or callbacks setting needs Lightning. Everything
+    else (fine-tuning, partial freezing, ``backbone.cache=off``) is a Lightning fit.
+    """
+    import lightning as L
+
+    from hydrahead.data.features import use_cache
+    from hydrahead.training import head_trainer
     from hydrahead.training.checkpoint import labels_of
-    from hydrahead.training.module import HeadModule
-    from hydrahead.utils import malloc
 
     _route_library_logs()
     L.seed_everything(typed.seed, workers=True)
+    ckpt_path = typed.ckpt_path
+    if ckpt_path is None and run_dir.last_checkpoint.is_file():
+        # This run dir already trained: a requeued (preempted, timed-out) or restarted job.
+        log.info("resuming from this run's own %s", run_dir.last_checkpoint)
+        ckpt_path = str(run_dir.last_checkpoint)
+    if typed.data.prepare:
+        from hydrahead.data.prepare import ensure_prepared
+
+        ensure_prepared(typed.data.prepare, Path(typed.paths.data_dir))
+    labels = labels_of(ckpt_path) if ckpt_path else None
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)  # ++trainer.<arg>= included
+    hparams_base = masked_config(cfg)
+    cached, why = use_cache(typed.backbone.cache, typed.backbone.freeze)
+    if not cached:
+        log.info("feature cache %s", why)
+        return _fit_lightning(cfg, typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, why)
+    needs_lightning = head_trainer.unsupported(trainer_args, typed.callbacks)
+    if needs_lightning:
+        log.info("head trainer: %s", needs_lightning)
+        return _fit_lightning(
+            cfg, typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, None, needs_lightning
+        )
+    return _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hparams_base)
+
+
+def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hparams_base) -> dict:
+    """A frozen-backbone job on cached features with the head trainer: no Lightning Trainer."""
+    from hydrahead.build import build_model
+    from hydrahead.data.features import select
+    from hydrahead.export import export_model
+    from hydrahead.training import factories
+    from hydrahead.training.head_trainer import ENGINE, HeadTrainer
+
     bb, data = typed.backbone, typed.data
+    shared, feature_cache = shared_frozen(typed, labels, trainer_args)
+    run_dir.write_labels(shared.labels)
+    model, _ = build_model(
+        bb,
+        labels=shared.labels,
+        head=typed.head,
+        task=typed.task.name,
+        level=data.level,
+        seed=typed.seed,
+        tokenizer=shared.tokenizer,
+        encoder=shared.encoder,
+    )
+    splits = select(shared.payload, model.layer_indices, typed.head.pooling, data.level)
+    params_total, params_trainable = _parameter_counts(model, head_only=True)
+    hparams = {**hparams_base, "labels": shared.labels}
+    logger = factories.build_logger(
+        typed.logger,
+        run_dir.path,
+        hparams,
+        redact(job.get("name", "run"), secrets),
+        job.get("sweep_id"),
+        quiet=True,
+    )
+    if logger:
+        logger.log_hyperparams({"params_total": params_total, "params_trainable": params_trainable})
+    reference = _backbone_reference(typed)
+    trainer = HeadTrainer(
+        model,
+        splits,
+        shared.encoded,
+        typed,
+        run_dir.checkpoints,
+        hparams,
+        trainer_args,
+        logger=logger,
+        extra_state={"backbone_ref": reference} if reference else None,
+    )
+    result = trainer.fit(resume=ckpt_path)
+    metrics = result.pop("metrics")
+    best = metrics.get(typed.task.monitor)
+    if typed.export is True:
+        export_model(model, run_dir.model_dir, shared.tokenizer)
+    if logger:
+        logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
+        if typed.logger.name == "wandb":
+            logger.experiment.summary.update({**metrics, "best": best})
+        logger.finalize("success")
+    # A finished frozen-head run keeps its best head (what export and reproduce read), not the
+    # optimizer state only a resume would need: a sweep job stays head-sized on disk.
+    run_dir.last_checkpoint.unlink(missing_ok=True)
+    return {
+        "metrics": metrics,
+        "monitor": typed.task.monitor,
+        "best": best,
+        **result,
+        "params_trainable": params_trainable,
+        "params_total": params_total,
+        "labels": shared.labels,
+        "feature_cache": feature_cache,
+        "engine": ENGINE,
+        "backbone_ref": reference,
+    }
+
+
+def _backbone_reference(typed) -> dict | None:
+    """Where a frozen run's backbone comes from (name, revision, weight digests), for hydrahead-export."""
+    try:
+        from hydrahead.backbone_ref import backbone_reference
+    except ImportError:
+        return None
+    return backbone_reference(typed.backbone, typed.seed)
+
+
+def _parameter_counts(model, head_only: bool = False) -> tuple[int, int]:
+    """(total, trainable) parameters of the network the run trains; a shared backbone (``head_only``)
+    counts only up to the highest layer this head reads, as a backbone built for it alone would."""
+    from hydrahead.modeling.modeling_hydrahead import find_layer_list
+
+    unread: set[int] = set()
+    if head_only:
+        stack = find_layer_list(model.backbone) or []
+        unread = {id(p) for block in list(stack)[max(model.layer_indices) :] for p in block.parameters()}
+    total = sum(p.numel() for p in model.parameters() if id(p) not in unread)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+@dataclass
+class SharedFrozen:
+    """What the frozen-head jobs of one process share: tokenizer, encoded data, backbone, feature entry."""
+
+    key: str
+    tokenizer: object
+    labels: list[str]
+    encoded: object
+    encoder: object
+    payload: dict
+    path: Path
+    depth: int
+    """The entry (and the shared backbone) hold layers 0..depth."""
+    full_depth: int
+    status: str
+    entry_stat: tuple | None = None
+    """The entry file when it was mapped: a file replaced since is mapped again, never read stale."""
+
+
+_SHARED: dict[str, SharedFrozen] = {}
+
+
+def shared_frozen(typed: TrainConfig, labels: list[str] | None, trainer_args: dict):
+    """The tokenizer, data, backbone and feature-cache entry for this frozen job, and how the entry
+    was had: "computed" (this job ran the encoder pass), "hit" (read from the cache dir) or
+    "memory" (kept from an earlier job of this process, which is how a sweep pays one pass).
+
+    One slot: a sweep's jobs on one backbone and data share it; a job on other data replaces it.
+    """
+    import dataclasses
+
+    import torch
+
+    from hydrahead.backbones import load_tokenizer
+    from hydrahead.build import build_model
+    from hydrahead.data.cache import digest
+    from hydrahead.data.datamodule import HeadDataModule
+    from hydrahead.data.features import load_entry, weights_source
+
+    bb, data = typed.backbone, typed.data
+    precision = str(trainer_args.get("precision", "32-true"))
+    autocast = torch.bfloat16 if precision.startswith("bf16") else None
+    accelerator = str(trainer_args.get("accelerator"))
+    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    random_weights = not bb.pretrained or bb.name_or_path.startswith("tiny")
+    key = digest(
+        {
+            "backbone": dataclasses.asdict(bb),
+            "data": dataclasses.asdict(data),
+            "task": typed.task.name,
+            "labels": labels,
+            "seed": typed.seed if random_weights else None,
+            "paths": [typed.paths.data_dir, typed.paths.cache_dir],
+            "autocast": str(autocast),
+            "gpu": on_gpu,
+            # an edited data file makes another entry (its content is in the cache key; this is cheaper)
+            "files": [_stat(getattr(data, k)) for k in ("train_file", "validation_file", "test_file")],
+        }
+    )
+    from hydrahead.modeling.head_spec import resolve_layers
+
+    found = _SHARED.get("slot")
+    reusable = found is not None and found.key == key and _stat(found.path) == found.entry_stat
+    if reusable and max(resolve_layers(typed.head.layer, found.full_depth)) <= found.depth:
+        return found, "memory"
+    _SHARED.clear()
     tokenizer = load_tokenizer(
         bb.name_or_path,
         revision=bb.revision,
         trust_remote_code=bb.trust_remote_code,
         words=data.level != "sequence",
     )
-    ckpt_path = typed.ckpt_path
-    if ckpt_path is None and run_dir.last_checkpoint.is_file():
-        # This run dir already trained: a requeued (preempted, timed-out) or restarted job.
-        log.info("resuming from this run's own %s", run_dir.last_checkpoint)
-        ckpt_path = str(run_dir.last_checkpoint)
-    if data.prepare:
-        from hydrahead.data.prepare import ensure_prepared
-
-        ensure_prepared(data.prepare, Path(typed.paths.data_dir))
-    labels = labels_of(ckpt_path) if ckpt_path else None
     datamodule = HeadDataModule(
         data, tokenizer, typed.task.name, labels=labels, cache_dir=typed.paths.cache_dir
     )
     datamodule.load()
-    run_dir.write_labels(datamodule.labels)
+    # The backbone as deep as the entry: every layer (backbone.cache_layers=all), or up to the
+    # highest this job reads (read).
+    reads = {"layer": "all"} if bb.cache_layers == "all" else {"layer": typed.head.layer}
     model, _ = build_model(
         bb,
         labels=datamodule.labels,
-        head=typed.head,
+        head=reads,
         task=typed.task.name,
         level=data.level,
         seed=typed.seed,
         tokenizer=tokenizer,
     )
-    params_total = sum(p.numel() for p in model.parameters())
-    params_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)  # ++trainer.<arg>= included
-    train_on, feature_cache = training_data(
-        model,
-        datamodule,
-        bb,
-        cache_dir=typed.paths.cache_dir,
-        seed=typed.seed,
-        precision=trainer_args["precision"],
-        accelerator=trainer_args["accelerator"],
+    depth = max(model.layer_indices)
+    encoded = datamodule.encoded()
+    if on_gpu:
+        model.cuda()
+    try:
+        payload, path, status = load_entry(
+            model,
+            encoded,
+            typed.paths.cache_dir,
+            weights=weights_source(bb, model, typed.seed),
+            depth=depth,
+            dtype=bb.cache_dtype,
+            autocast_dtype=autocast,
+        )
+    finally:
+        if on_gpu:
+            model.cpu()
+    log.info("feature cache %s: %s", status, path)
+    shared = SharedFrozen(
+        key,
+        tokenizer,
+        datamodule.labels,
+        encoded,
+        model.backbone,
+        payload,
+        path,
+        depth,
+        model.config.backbone_layers,
+        status,
+        _stat(path),
     )
-    if bb.compile and feature_cache not in ("hit", "computed"):
+    _SHARED["slot"] = shared
+    return shared, status
+
+
+def _stat(path) -> tuple | None:
+    try:
+        info = os.stat(path)
+    except (OSError, TypeError):
+        return None
+    return (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _fit_lightning(
+    cfg, typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, uncached_why, lightning_why=None
+) -> dict:
+    """A Lightning fit: on token batches, or on cached features when the head trainer cannot take the run."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    from hydrahead.backbones import load_tokenizer
+    from hydrahead.build import build_model
+    from hydrahead.data.datamodule import HeadDataModule
+    from hydrahead.data.features import FeatureDataModule, select
+    from hydrahead.export import export_model
+    from hydrahead.training import factories
+    from hydrahead.training.module import HeadModule
+    from hydrahead.utils import malloc
+
+    bb, data = typed.backbone, typed.data
+    if uncached_why is None:  # cached features, Lightning loop
+        shared, feature_cache = shared_frozen(typed, labels, trainer_args)
+        tokenizer, labels = shared.tokenizer, shared.labels
+    else:
+        shared, feature_cache = None, uncached_why
+        tokenizer = load_tokenizer(
+            bb.name_or_path,
+            revision=bb.revision,
+            trust_remote_code=bb.trust_remote_code,
+            words=data.level != "sequence",
+        )
+        datamodule = HeadDataModule(
+            data, tokenizer, typed.task.name, labels=labels, cache_dir=typed.paths.cache_dir
+        )
+        datamodule.load()
+        labels = datamodule.labels
+    run_dir.write_labels(labels)
+    model, _ = build_model(
+        bb,
+        labels=labels,
+        head=typed.head,
+        task=typed.task.name,
+        level=data.level,
+        seed=typed.seed,
+        tokenizer=tokenizer,
+        encoder=shared.encoder if shared else None,
+    )
+    if shared:
+        splits = select(shared.payload, model.layer_indices, typed.head.pooling, data.level)
+        train_on, has_test = FeatureDataModule(shared.encoded, splits), "test" in splits
+    else:
+        train_on, has_test = datamodule, datamodule.has_test
+    params_total, params_trainable = _parameter_counts(model)
+    if bb.compile and shared is None:
         model.backbone.compile()
-    hparams = {**masked_config(cfg), "labels": datamodule.labels}
+    hparams = {**masked_config(cfg), "labels": labels}
     module = HeadModule(
         model, typed.optimizer, typed.scheduler, typed.task, data.seqeval_strict, hparams=hparams
     )
@@ -188,13 +444,13 @@ def _fit(cfg: DictConfig, typed: TrainConfig, run_dir: RunDir, job: dict, secret
     best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     metrics = {}
     for stage, evaluate in (("validate", trainer.validate), ("test", trainer.test)):
-        if stage == "test" and not datamodule.has_test:
+        if stage == "test" and not has_test:
             continue
         for result in evaluate(
             module, datamodule=train_on, ckpt_path="best" if best_path else None, verbose=False
         ):
             metrics.update({k: float(v) for k, v in result.items()})
-    if typed.export:
+    if typed.export is True or (typed.export == "auto" and bb.freeze is not True):
         export_model(module.model, run_dir.model_dir, tokenizer)
     best = metrics.get(typed.task.monitor)
     if logger and typed.logger.name == "wandb":
@@ -208,8 +464,9 @@ def _fit(cfg: DictConfig, typed: TrainConfig, run_dir: RunDir, job: dict, secret
         "global_step": trainer.global_step,
         "params_trainable": params_trainable,
         "params_total": params_total,
-        "labels": datamodule.labels,
+        "labels": labels,
         "feature_cache": feature_cache,
+        "engine": "lightning" + (f" ({lightning_why})" if lightning_why else ""),
         "malloc": heap,
         "train_s": round(throughput.seconds, 3),
         "train_samples_per_s": throughput.samples_per_s,
@@ -222,6 +479,9 @@ def _keep_library_files_in(cache_dir: Path) -> None:
     os.environ.setdefault("WANDB_CONFIG_DIR", str(cache_dir / "wandb-config"))
     os.environ.setdefault("WANDB_DATA_DIR", str(cache_dir / "wandb-data"))
     os.environ.setdefault("MPLCONFIGDIR", str(cache_dir / "matplotlib"))  # imported by logging libraries
+    # W&B's service makes its log folders 0o755 whatever the umask; made here first, they follow it
+    # (so colleagues sharing the cache dir can add theirs).
+    (cache_dir / "wandb" / "wandb" / "logs").mkdir(parents=True, exist_ok=True)
 
 
 def _route_library_logs() -> None:
@@ -244,7 +504,15 @@ def _finish_wandb(ok: bool) -> None:
         import wandb
 
         if wandb.run is not None:
+            folder = Path(wandb.run.dir)
             wandb.finish(exit_code=0 if ok else 1)
+            # W&B writes the captured console 0o644 whatever the umask: rewritten, it follows it.
+            from hydrahead.utils.atomic import atomic_path
+
+            for path in folder.glob("output.log"):
+                data = path.read_bytes()
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(data)
 
 
 def _release_memory() -> None:

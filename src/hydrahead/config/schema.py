@@ -43,8 +43,10 @@ class BackboneConfig:
     resize_token_embeddings: int | None = None
     cache: str = "auto"
     """Frozen-backbone feature cache: auto (on when backbone.freeze=true), on, or off."""
-    cache_layers: str = "read"
-    """read: cache only the layers the head reads; computed: every layer up to the highest read."""
+    cache_layers: str = "all"
+    """Depth of a feature-cache entry: all (every layer: one pass serves a whole layer sweep) or read
+    (layers 0..the highest this head reads: cheaper for one deep model probed low; ``computed`` is
+    the older name of read)."""
     cache_dtype: str = "float32"
     """Storage dtype of cached features: float32, float16 or bfloat16."""
     compile: bool = False
@@ -52,7 +54,7 @@ class BackboneConfig:
 
     def __post_init__(self):
         _choice("backbone.cache", self.cache, ("auto", "on", "off"))
-        _choice("backbone.cache_layers", self.cache_layers, ("read", "computed"))
+        _choice("backbone.cache_layers", self.cache_layers, ("all", "read", "computed"))
         _choice("backbone.cache_dtype", self.cache_dtype, ("float32", "float16", "bfloat16"))
         if not isinstance(self.freeze, (bool, int)) or (
             not isinstance(self.freeze, bool) and self.freeze < 0
@@ -288,8 +290,10 @@ class TrainConfig:
     seed: int = 0
     ckpt_path: str | None = None
     """Resume from this Lightning checkpoint (e.g. <run>/checkpoints/last.ckpt)."""
-    export: bool = True
-    """Write the HF export to <run>/model after training."""
+    export: Any = "auto"
+    """Write the full HF export to <run>/model after training: true, false, or auto (fine-tuned runs
+    export; frozen-backbone runs keep the head and a reference to the backbone, and
+    ``hydrahead-export <run>`` builds the export on demand)."""
     malloc: str = "auto"
     """C heap policy (glibc). compact: buffers of 1 MiB and more are mmapped, so freed activations go
     back to the OS instead of fragmenting the heap (peak RSS near live memory; CPU steps a few % slower).
@@ -298,3 +302,5 @@ class TrainConfig:
 
     def __post_init__(self):
         _choice("malloc", self.malloc, ("auto", "compact", "glibc"))
+        if self.export not in (True, False, "auto"):
+            raise ConfigError(f"export={self.export!r} must be true, false or auto")

@@ -2,14 +2,16 @@
 
 When the whole backbone is frozen (and so in eval mode), what the head sees for an input never
 changes. One no-grad pass (length-sorted batches, optional bf16 autocast) stores each input's
-per-layer representation, exactly ``HydraHeadModel.layer_features``: the pooled vector at
+per-layer representation, exactly ``HydraHeadModel.layer_features``: the pooled vectors at
 sequence level, the labelled tokens at token level, the gathered positions at positions level.
 Training then runs the head on these tensors, in the same batches as the uncached path.
 
 Entries live under ``<cache_dir>/features/<key>/`` where the key covers the weights' source, the
-tokenized data (file content, tokenizer, max_length, labels), the representation and the storage
-dtype; each file holds a set of layers and serves any head that reads a subset of them. Writes go
-to a temporary file renamed into place, so parallel jobs of a sweep never read half an entry.
+tokenized data (file content, tokenizer, max_length, labels), the level and the storage dtype. One
+entry holds every layer up to its depth and, at sequence level, every pooling (cls, mean, max), so a
+sweep over layers, poolings, head shapes, learning rates and seeds on one frozen backbone pays one
+pass. Writes go to a temporary file renamed into place, and a lock per key makes concurrent jobs
+compute a missing entry once.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from hydrahead.backbone_ref import weights_digest as _weights_digest
 from hydrahead.config.schema import BackboneConfig
 from hydrahead.modeling.head_spec import IGNORE_INDEX
 from hydrahead.utils.atomic import atomic_path
 
-from .cache import digest, file_digest
+from .cache import digest
 from .datamodule import Collator, EncodedData, EpochBatchSampler
 
 log = logging.getLogger(__name__)
@@ -43,11 +46,6 @@ def use_cache(mode: str, freeze) -> tuple[bool, str]:
             )
         return False, f"off (backbone.freeze={freeze}: the features change while training)"
     return True, "on"
-
-
-def _weights_digest(folder: Path) -> str | None:
-    files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".h5"))
-    return digest({path.name: file_digest(path) for path in files}) if files else None
 
 
 def weights_source(backbone_cfg: BackboneConfig, model, seed: int) -> dict:
@@ -73,11 +71,11 @@ def weights_source(backbone_cfg: BackboneConfig, model, seed: int) -> dict:
     return source
 
 
-def representation_kind(model) -> str:
-    config = model.config
-    if config.level != "sequence":
-        return config.level
-    return {"pooler": "cls"}.get(config.head["pooling"], config.head["pooling"])
+POOLINGS = ("cls", "mean", "max")  # what a sequence-level entry holds; the pooler runs on cls
+
+
+def pooling_index(pooling: str) -> int:
+    return POOLINGS.index({"pooler": "cls"}.get(pooling, pooling))
 
 
 def _rows_kept(labels: torch.Tensor, task: str) -> torch.Tensor:
@@ -97,21 +95,25 @@ def compute_split(
     batch_size: int = 32,
     autocast_dtype=None,
     store_dtype: torch.dtype = torch.float32,
+    poolings=POOLINGS,
 ) -> dict:
     """One no-grad pass over a split, in input order: labels, and per-layer representations stored
-    layer-major (``[L, rows, H]``: each layer one contiguous block) in ``store_dtype``."""
+    layer-major in ``store_dtype``: ``[P, L, rows, H]`` at sequence level (every pooling in
+    ``poolings``), ``[L, rows, H]`` at token and positions level (each layer one contiguous block)."""
     was_training = model.training
     model.eval()
     try:
         return _compute_split(
-            model, features, level, task, num_labels, pad_id, layers, batch_size, autocast_dtype, store_dtype
+            model, features, level, task, num_labels, pad_id, layers, batch_size, autocast_dtype,
+            store_dtype, poolings,
         )
     finally:
         model.train(was_training)  # Lightning keeps module modes as it finds them
 
 
 def _compute_split(
-    model, features, level, task, num_labels, pad_id, layers, batch_size, autocast_dtype, store_dtype
+    model, features, level, task, num_labels, pad_id, layers, batch_size, autocast_dtype, store_dtype,
+    poolings,
 ) -> dict:
     device = next(model.parameters()).device
     collate = Collator(pad_id, level, task, num_labels)
@@ -128,18 +130,22 @@ def _compute_split(
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             hidden = model.backbone(**inputs, output_hidden_states=True, return_dict=True).hidden_states
             mask_indices = batch.get("mask_indices")
-            reps = model.layer_features(
-                hidden,
-                inputs.get("attention_mask"),
-                None if mask_indices is None else mask_indices.to(device),
-                layers=layers,
-            )
-        reps = reps.to(device="cpu", dtype=store_dtype).movedim(-2, 0)  # layer-major: [L, B, ...]
+            if mask_indices is not None:
+                mask_indices = mask_indices.to(device)
+            mask = inputs.get("attention_mask")
+            if level == "sequence":  # [P, B, L, H]: every pooling of every layer
+                reps = torch.stack(
+                    [model.layer_features(hidden, mask, None, layers=layers, pooling=p) for p in poolings]
+                )
+            else:
+                reps = model.layer_features(hidden, mask, mask_indices, layers=layers)
+        reps = reps.to(device="cpu", dtype=store_dtype).movedim(-2, 0)  # layer-major: [L, (P,) B, ...]
         if level == "sequence":
+            reps = reps.movedim(1, 0)  # [P, L, B, H]
             if not out:
-                out["features"] = reps.new_empty((reps.shape[0], len(features), *reps.shape[2:]))
+                out["features"] = reps.new_empty((*reps.shape[:2], len(features), reps.shape[-1]))
                 out["labels"] = labels.new_empty((len(features), *labels.shape[1:]))
-            out["features"][:, index] = reps
+            out["features"][:, :, index] = reps
             out["labels"][index] = labels
             continue
         for row, i in enumerate(index):
@@ -157,74 +163,84 @@ def _compute_split(
 
 
 class FeatureCache:
-    """The on-disk entries of one (weights, data, representation, dtype) key."""
+    """The on-disk entries of one (weights, tokenized data, level, dtype) key.
+
+    An entry ``depth-<d>.pt`` holds layers 0..d (every pooling at sequence level) and serves every
+    head that reads at most layer d, whatever its pooling.
+    """
 
     def __init__(self, cache_dir: str | Path, key_parts: dict):
         self.key = digest(key_parts)
         self.folder = Path(cache_dir) / "features" / self.key
 
-    def find(self, layers: list[int]) -> Path | None:
-        """An entry holding every one of ``layers`` (the smallest such), or None."""
+    def find(self, depth: int) -> Path | None:
+        """The shallowest entry holding layers 0..``depth``, or None."""
         if not self.folder.is_dir():
             return None
-        best = None
-        for path in self.folder.glob("layers-*.pt"):
-            held = {int(x) for x in path.stem.split("-")[1:]}
-            if set(layers) <= held and (best is None or len(held) < best[0]):
-                best = (len(held), path)
-        return best[1] if best else None
+        held = []
+        for path in self.folder.glob("depth-*.pt"):
+            try:
+                held.append((int(path.stem.split("-")[1]), path))
+            except ValueError:
+                continue
+        fits = sorted(entry for entry in held if entry[0] >= depth)
+        return fits[0][1] if fits else None
 
-    def store(self, layers: list[int], payload: dict) -> Path:
-        target = self.folder / ("layers-" + "-".join(str(i) for i in layers) + ".pt")
+    def store(self, depth: int, payload: dict) -> Path:
+        target = self.folder / f"depth-{depth}.pt"
         with atomic_path(target) as tmp:
             torch.save(payload, tmp)
         return target
 
+    def lock(self):
+        from hydrahead.utils.lock import FileLock
 
-def load_features(
+        # A pass can take long on a big model: a holder that stops refreshing its heartbeat for
+        # 10 minutes (or whose pid is gone on this host) is taken over.
+        return FileLock(self.folder / "compute.lock", stale_after_s=600.0)
+
+
+def entry_key(data: EncodedData, weights: dict, dtype: str, autocast_dtype) -> dict:
+    return {
+        "weights": weights,
+        "data": data.key,
+        "level": data.level,
+        "dtype": dtype,
+        "autocast": str(autocast_dtype),
+        "layout": "depth/poolings/layer-major",
+    }
+
+
+def load_entry(
     model,
     data: EncodedData,
     cache_dir,
     *,
     weights: dict,
-    store_layers: str = "read",
+    depth: int,
     dtype: str = "float32",
     autocast_dtype=None,
-) -> tuple[dict, str]:
-    """Per split ``{features [rows, L, H], labels, offsets}`` for the model's layers; cached on disk.
+) -> tuple[dict, Path, str]:
+    """The cache entry holding layers 0..``depth`` of ``data`` (memory-mapped), computing it on a miss.
 
-    ``weights`` says where the backbone's weights come from (:func:`weights_source`).
-    ``store_layers="computed"`` stores every layer up to the highest one read (the pass computes
-    them anyway), so a later job reading a lower layer reuses the entry; ``"read"`` stores only
-    the layers read.
+    Returns (payload, path, "hit" | "computed"). Of several processes missing the same entry, one
+    computes it under the entry's lock while the others wait and then read it.
     """
-    needed = list(model.layer_indices)
-    cache = FeatureCache(
-        cache_dir,
-        {
-            "weights": weights,
-            "data": data.key,
-            "kind": representation_kind(model),
-            "dtype": dtype,
-            "autocast": str(autocast_dtype),
-            "layout": "layer-major",
-        },
-    )
-    found = cache.find(needed)
-    status = "hit"
-    if found is not None:
-        try:
-            # Memory-mapped: only the pages of the layers read are touched (an entry may hold many).
-            payload = torch.load(found, weights_only=True, mmap=True)
-        except Exception as err:  # a damaged entry is a miss, never a crash
-            log.warning("feature cache entry %s unreadable (%s); recomputing", found, err)
-            found = None
-    if found is None:
-        status = "computed"
-        layers = list(range(max(needed) + 1)) if store_layers == "computed" else sorted(set(needed))
-        payload = {"layers": torch.tensor(layers), "splits": {}}
+    cache = FeatureCache(cache_dir, entry_key(data, weights, dtype, autocast_dtype))
+    payload = _read(cache.find(depth))
+    if payload is not None:
+        return (*payload, "hit")
+    with cache.lock() as lock:
+        if lock.took_over:
+            log.warning("feature cache: %s", lock.took_over)
+        payload = _read(cache.find(depth))  # computed by another job while this one waited
+        if payload is not None:
+            log.info("feature cache: waited %.1f s for another job's pass", lock.waited_s)
+            return (*payload, "hit")
+        layers = list(range(depth + 1))
+        entry = {"layers": torch.tensor(layers), "poolings": list(POOLINGS), "splits": {}}
         for split, features in data.splits.items():
-            result = compute_split(
+            entry["splits"][split] = compute_split(
                 model,
                 features,
                 data.level,
@@ -236,24 +252,39 @@ def load_features(
                 autocast_dtype=autocast_dtype,
                 store_dtype=DTYPES[dtype],
             )
-            payload["splits"][split] = result
-        found = cache.store(layers, payload)
+        path = cache.store(depth, entry)
+    payload = _read(path)
+    if payload is None:
+        raise RuntimeError(f"feature cache entry {path} unreadable right after writing it")
+    return (*payload, "computed")
+
+
+def _read(path: Path | None) -> tuple[dict, Path] | None:
+    if path is None:
+        return None
+    try:
+        # Memory-mapped: only the pages of the layers and poolings read are touched.
+        return torch.load(path, weights_only=True, mmap=True), path
+    except Exception as err:  # a damaged entry is a miss, never a crash
+        log.warning("feature cache entry %s unreadable (%s); recomputing", path, err)
+        return None
+
+
+def select(payload: dict, layers: list[int], pooling: str | None, level: str) -> dict:
+    """Per split ``{features [rows, L, H], labels, offsets}``: one head's layers (and pooling) of an entry."""
     held = payload["layers"].tolist()
-    pick = torch.tensor([held.index(i) for i in needed])
+    pick = torch.tensor([held.index(i) for i in layers])
     splits = {}
     for split, data in payload["splits"].items():
+        features = data["features"]
+        if level == "sequence":
+            features = features[pooling_index(pooling)]
         splits[split] = {
-            "features": data["features"].index_select(0, pick).movedim(0, -2).contiguous(),
-            "labels": data["labels"].clone(),  # copies: the entry's file mapping is released
+            "features": features.index_select(0, pick).movedim(0, -2).contiguous(),
+            "labels": data["labels"].clone(),  # copies: the entry's file mapping can be released
             "offsets": data["offsets"].clone(),
         }
-    log.info(
-        "feature cache %s: %s (%s)",
-        status,
-        found,
-        ", ".join(f"{s}={len(d['offsets']) - 1}" for s, d in splits.items()),
-    )
-    return splits, status
+    return splits
 
 
 class FeatureBatches:
@@ -335,36 +366,3 @@ class FeatureDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> FeatureBatches:
         return self._eval("test" if "test" in self.splits else "validation")
-
-
-def training_data(
-    model, datamodule, backbone: BackboneConfig, *, cache_dir, seed: int, precision, accelerator
-):
-    """What to train on: cached features of a frozen backbone when the cache applies, else ``datamodule``.
-
-    Returns (datamodule, how: "hit" | "computed" | "off (why)"). The feature pass runs on the GPU
-    when the trainer will use one, with bf16 autocast under a bf16 precision.
-    """
-    use, why = use_cache(backbone.cache, backbone.freeze)
-    if not use:
-        log.info("feature cache %s", why)
-        return datamodule, why
-    autocast = torch.bfloat16 if str(precision).startswith("bf16") else None
-    on_gpu = torch.cuda.is_available() and str(accelerator) in ("auto", "gpu", "cuda")
-    if on_gpu:
-        model.cuda()
-    data = datamodule.encoded()
-    try:
-        splits, status = load_features(
-            model,
-            data,
-            cache_dir,
-            weights=weights_source(backbone, model, seed),
-            store_layers=backbone.cache_layers,
-            dtype=backbone.cache_dtype,
-            autocast_dtype=autocast,
-        )
-    finally:
-        if on_gpu:
-            model.cpu()
-    return FeatureDataModule(data, splits), status

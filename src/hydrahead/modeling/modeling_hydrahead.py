@@ -175,7 +175,7 @@ class HydraHeadModel(HydraHeadPreTrainedModel):
         return self
 
     # -- forward ------------------------------------------------------------------------------
-    def _represent(self, hidden: torch.Tensor, attention_mask, mask_indices) -> torch.Tensor:
+    def _represent(self, hidden: torch.Tensor, attention_mask, mask_indices, pooling=None) -> torch.Tensor:
         """One layer's [B, T, H] as per token [B, T, H], pooled [B, H] or gathered [B, M, H]."""
         level = self.config.level
         if level == "token":
@@ -183,7 +183,7 @@ class HydraHeadModel(HydraHeadPreTrainedModel):
         if level == "positions":
             batch = torch.arange(hidden.size(0), device=hidden.device).unsqueeze(1)
             return hidden[batch, mask_indices]
-        pooling = self.config.head["pooling"]
+        pooling = pooling or self.config.head["pooling"]
         if pooling in ("cls", "pooler"):  # the pooler itself runs after the layers are combined
             return hidden[:, 0]
         if attention_mask is None:
@@ -194,16 +194,17 @@ class HydraHeadModel(HydraHeadPreTrainedModel):
         return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
 
     def layer_features(
-        self, hidden_states, attention_mask=None, mask_indices=None, layers=None
+        self, hidden_states, attention_mask=None, mask_indices=None, layers=None, pooling=None
     ) -> torch.Tensor:
         """Each read layer's representation, stacked: [B, L, H], [B, T, L, H] or [B, M, L, H].
 
         Pooling and gathering are per layer, before the layers are combined: for cls, mean and
         gather that equals combining first (they are linear); max pooling pools each layer.
-        What this returns is what a frozen backbone's feature cache stores.
+        What this returns is what a frozen backbone's feature cache stores (``layers`` and
+        ``pooling`` other than the head's own let one cached pass serve other heads too).
         """
         indices = self.layer_indices if layers is None else layers
-        reps = [self._represent(hidden_states[i], attention_mask, mask_indices) for i in indices]
+        reps = [self._represent(hidden_states[i], attention_mask, mask_indices, pooling) for i in indices]
         return torch.stack(reps, dim=-2)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,22 @@ class RunCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
 
+class SamplerEpoch(Callback):
+    """Tells the training batch sampler which epoch starts, so each epoch has its own shuffle.
+
+    Lightning only calls ``set_epoch`` on a sampler it finds at ``loader.sampler`` or
+    ``loader.batch_sampler.sampler``; the length-grouped ``EpochBatchSampler`` is the batch sampler
+    itself, which Lightning never tells, so without this every epoch would repeat the first one's order.
+    """
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        loaders = trainer.train_dataloader
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            batch_sampler = getattr(loader, "batch_sampler", None)
+            if callable(getattr(batch_sampler, "set_epoch", None)):
+                batch_sampler.set_epoch(trainer.current_epoch)
+
+
 class Throughput(Callback):
     """Training samples per second: from each epoch's first batch to its last (data loading
     included, validation not), summed over the epochs this fit ran."""

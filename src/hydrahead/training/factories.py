@@ -8,8 +8,15 @@ from pathlib import Path
 from hydrahead.config.schema import CallbacksConfig, LoggerConfig, TaskConfig
 
 
-def build_logger(cfg: LoggerConfig, run_dir: Path, config: dict, name: str, group: str | None):
-    """W&B (offline unless told otherwise), CSV, or none (False); ``config`` is what W&B records."""
+def build_logger(
+    cfg: LoggerConfig, run_dir: Path, config: dict, name: str, group: str | None, quiet: bool = False
+):
+    """W&B (offline unless told otherwise), CSV, or none (False); ``config`` is what W&B records.
+
+    ``quiet``: a W&B run without system metrics, machine and git probing or console capture (the
+    frozen-head jobs of a sweep: a second each, hundreds per process; W&B's probes would cost more
+    than the training).
+    """
     if cfg.name == "none":
         return False
     if cfg.name == "csv":
@@ -21,7 +28,22 @@ def build_logger(cfg: LoggerConfig, run_dir: Path, config: dict, name: str, grou
     wb = cfg.wandb
     if wb.api_key:
         os.environ["WANDB_API_KEY"] = wb.api_key
+    extra = {}
+    if quiet:
+        import wandb
+
+        extra["settings"] = wandb.Settings(
+            x_disable_stats=True,
+            x_disable_meta=True,
+            x_disable_machine_info=True,
+            disable_git=True,
+            save_code=False,
+            x_save_requirements=False,
+            console="off",
+            silent=True,
+        )
     return WandbLogger(
+        **extra,
         project=wb.project,
         entity=wb.entity,
         name=name,
@@ -37,7 +59,7 @@ def build_callbacks(cfg: CallbacksConfig, task: TaskConfig, checkpoints: Path, l
     """Best (on ``task.monitor``) and last checkpoints, throughput, and the optional extras."""
     from lightning.pytorch import callbacks as cb
 
-    from .callbacks import RunCheckpoint, Throughput
+    from .callbacks import RunCheckpoint, SamplerEpoch, Throughput
 
     best = RunCheckpoint(
         dirpath=str(checkpoints),
@@ -52,7 +74,7 @@ def build_callbacks(cfg: CallbacksConfig, task: TaskConfig, checkpoints: Path, l
     last = RunCheckpoint(
         dirpath=str(checkpoints), filename="last", save_top_k=1, enable_version_counter=False
     )
-    callbacks = [best, last, Throughput()]
+    callbacks = [best, last, SamplerEpoch(), Throughput()]
     if cfg.lr_monitor and logging:
         callbacks.append(cb.LearningRateMonitor(logging_interval="step"))
     if cfg.rich_progress_bar:

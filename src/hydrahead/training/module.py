@@ -67,6 +67,12 @@ class HeadModule(L.LightningModule):
         self.model = model
         if hparams:
             self.save_hyperparameters(hparams)
+        # Hashed once here, not at every save: a head-only checkpoint names the weights it sits on.
+        self.backbone_ref = None
+        if hparams and model.config.freeze is True:
+            from hydrahead.backbone_ref import run_backbone_reference
+
+            self.backbone_ref = run_backbone_reference(hparams)
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
         self.task = task.name
@@ -127,6 +133,8 @@ class HeadModule(L.LightningModule):
                 k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("model.backbone.")
             }
             checkpoint["frozen_backbone_dropped"] = True
+            if self.backbone_ref is not None:
+                checkpoint["backbone_ref"] = self.backbone_ref
         checkpoint["rng_state"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

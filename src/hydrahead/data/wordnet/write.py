@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from hydrahead.data import SPLITS
+from hydrahead.utils.atomic import make_unique_dir
 
 from .build import DATASETS, Dataset, dataset_stats
 
@@ -29,7 +30,7 @@ def write_dataset(dataset: Dataset, data_dir: Path, source: str, force: bool = T
     data_dir.mkdir(parents=True, exist_ok=True)
     target = data_dir / dataset.name
     stats = dataset_stats(dataset, source)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dataset.name}.tmp-", dir=data_dir))
+    tmp = make_unique_dir(data_dir, prefix=f".{dataset.name}.tmp-")  # mkdtemp's 0o700 would stay private
     try:
         for split in SPLITS:
             with open(tmp / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as handle:

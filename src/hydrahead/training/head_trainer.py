@@ -1,0 +1,395 @@
+"""Training a head on a frozen backbone's cached features: a plain loop, cheap enough to run
+hundreds of jobs in one process.
+
+A head over cached features trains in well under a second, less than a Lightning Trainer's own
+set-up, per-step hooks, checkpoint callbacks and evaluation loops cost it; in a sweep of hundreds
+of heads that overhead would be most of the bill. So this loop does, step for step, what the
+Lightning path does for a frozen backbone, and nothing else:
+
+- the same batches in the same order (``EpochBatchSampler`` on the same seed and lengths);
+- AdamW or SGD on the same parameter groups, the scheduler stepped per optimizer step;
+- gradient clipping by norm (``trainer.gradient_clip_val``), ``trainer.limit_*_batches``,
+  ``trainer.check_val_every_n_epoch``, ``trainer.log_every_n_steps``;
+- validation each epoch with the same torchmetrics, the best head kept on ``task.monitor``
+  (``checkpoints/best.ckpt``), ``callbacks.early_stopping``, ``checkpoints/last.ckpt`` every epoch
+  with optimizer, scheduler and RNG state (a requeued job resumes from it);
+- the best head evaluated on validation and test at the end.
+
+Any other ``trainer`` or ``callbacks`` setting sends the run to the Lightning path
+(:func:`unsupported` says why). Dropout draws from the global RNG, seeded per job right before
+training, so a job's result does not depend on which jobs ran before it in the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from hydrahead.config.schema import CallbacksConfig, TrainConfig
+from hydrahead.data.datamodule import EncodedData
+from hydrahead.data.features import FeatureBatches
+
+from .metrics import EntityMetrics, build_metrics, flatten_for_metrics, is_bio
+from .module import adamw, parameter_groups
+
+log = logging.getLogger("hydrahead.run")
+ENGINE = "head_trainer"
+# Trainer keys this loop implements; the rest need Lightning. Placement keys (accelerator, devices,
+# strategy, num_nodes) are honoured as "one device": a head on cached features needs no more.
+SUPPORTED = {
+    "accelerator", "devices", "strategy", "num_nodes", "precision", "max_epochs", "deterministic",
+    "benchmark", "num_sanity_val_steps", "log_every_n_steps", "check_val_every_n_epoch",
+    "gradient_clip_val", "limit_train_batches", "limit_val_batches", "limit_test_batches",
+    "enable_progress_bar", "enable_model_summary",
+}  # fmt: skip
+# Keys this loop takes only at the value that changes nothing.
+NO_OP = {"accumulate_grad_batches": 1, "fast_dev_run": False, "overfit_batches": 0.0}
+
+
+def unsupported(trainer_args: dict, callbacks: CallbacksConfig) -> str | None:
+    """Why this run needs the Lightning path (a trainer or callbacks setting this loop lacks), or None."""
+    extra = sorted(
+        k
+        for k, v in trainer_args.items()
+        if k not in SUPPORTED and v is not None and not (k in NO_OP and v == NO_OP[k])
+    )
+    if extra:
+        return f"trainer.{extra[0]} needs the Lightning path"
+    if trainer_args.get("gradient_clip_algorithm") not in (None, "norm"):
+        return "trainer.gradient_clip_algorithm needs the Lightning path"
+    if trainer_args.get("max_epochs", 1) < 1:
+        return "trainer.max_epochs=-1 (train until stopped) needs the Lightning path"
+    if callbacks.save_top_k != 1:
+        return f"callbacks.save_top_k={callbacks.save_top_k} needs the Lightning path"
+    return None
+
+
+def _limit(limit, count: int) -> int:
+    """Lightning's ``limit_*_batches``: an int is a count, a float a fraction."""
+    if limit is None:
+        return count
+    if isinstance(limit, float) and limit <= 1.0:
+        return int(count * limit) if limit < 1.0 else count
+    return min(count, int(limit))
+
+
+def build_optimizer(model, typed: TrainConfig, total_steps: int):
+    """The optimizer over the model's trainable groups and its per-step scheduler (as HeadModule's)."""
+    from transformers import get_scheduler
+
+    opt = typed.optimizer
+    groups = parameter_groups(model, opt.lr, opt.backbone_lr, opt.weight_decay)
+    if opt.name == "adamw":
+        optimizer = adamw(groups, opt)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum)
+    sched = typed.scheduler
+    names = {"linear_warmup": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+    scheduler = get_scheduler(
+        names[sched.name],
+        optimizer,
+        num_warmup_steps=int(sched.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    return optimizer, scheduler
+
+
+def _rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+
+
+class _Sigterm:
+    """Notes a SIGTERM (the loop stops at the next step, as Lightning's does); main thread only."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def _note(self, signum, frame):
+        self.received = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class HeadTrainer:
+    """Trains one job's head on its cached feature splits and writes its checkpoints."""
+
+    def __init__(
+        self,
+        model,
+        splits: dict,
+        data: EncodedData,
+        typed: TrainConfig,
+        checkpoints: Path,
+        hparams: dict,
+        trainer_args: dict,
+        logger=None,
+        extra_state: dict | None = None,
+    ):
+        self.model = model
+        self.splits = splits
+        self.data = data
+        self.typed = typed
+        self.checkpoints = Path(checkpoints)
+        self.hparams = hparams
+        self.args = trainer_args
+        self.logger = logger
+        self.extra_state = extra_state or {}
+        self.task = typed.task
+        accelerator = str(trainer_args.get("accelerator", "auto"))
+        on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+        self.device = torch.device("cuda" if on_gpu else "cpu")
+        precision = str(trainer_args.get("precision", "32-true"))
+        self.autocast = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0])
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        self.bio = model.config.level == "token" and self.task.name == "multiclass" and is_bio(labels)
+        self.labels = labels
+
+    # -- batches ----------------------------------------------------------------------------
+    def _batches(self, split: str, train: bool) -> FeatureBatches:
+        d = self.data
+        return FeatureBatches(
+            self.splits[split],
+            d.level,
+            d.batch_size if train else d.eval_batch_size,
+            d.lengths(split),
+            d.seed,
+            d.group_by_length,
+            shuffle=train,
+        )
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str, stage: str, limit=None) -> dict[str, float]:
+        """``<stage>/loss`` (mean over batches weighted by batch size, as Lightning logs it) and metrics."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        metrics = build_metrics(self.task.name, model.config.num_labels, self.task.threshold).to(self.device)
+        entities = EntityMetrics(self.labels, self.typed.data.seqeval_strict) if self.bio else None
+        batches = self._batches(split, train=False)
+        count = _limit(limit, len(batches))
+        loss_sum, weight = torch.zeros((), dtype=torch.float64), 0
+        for index, batch in enumerate(batches):
+            if index >= count:
+                break
+            batch = self._to_device(batch)
+            with self._autocast():
+                out = model(**batch)
+            size = batch["labels"].shape[0]
+            loss_sum += out.loss.detach().double().cpu() * size
+            weight += size
+            preds, labels = flatten_for_metrics(out.logits, batch["labels"], self.task.name)
+            if len(labels):
+                metrics.update(preds, labels)
+            if entities is not None:
+                entities.update(out.logits.detach().cpu(), batch["labels"].cpu())
+        model.train(was_training)
+        results = {f"{stage}/loss": float(loss_sum / max(weight, 1))}
+        results.update({f"{stage}/{k}": float(v) for k, v in metrics.compute().items()})
+        if entities is not None:
+            results.update({f"{stage}/{k}": float(v) for k, v in entities.compute().items()})
+        return results
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _head_state(self) -> dict:
+        return {
+            f"model.{k}": v.detach().cpu().clone()
+            for k, v in self.model.state_dict().items()
+            if not k.startswith("backbone.")
+        }
+
+    def _save(self, name: str, state: dict) -> Path:
+        from hydrahead.utils.atomic import atomic_path
+
+        path = self.checkpoints / f"{name}.ckpt"
+        with atomic_path(path, sync=name == "last") as tmp:
+            torch.save(state, tmp)
+        return path
+
+    def _base_state(self, epoch: int, step: int) -> dict:
+        return {
+            "engine": ENGINE,
+            "state_dict": self._head_state(),
+            "frozen_backbone_dropped": True,
+            "hyper_parameters": self.hparams,
+            "epoch": epoch,
+            "global_step": step,
+            **self.extra_state,
+        }
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(self, resume: str | Path | None = None) -> dict:
+        """Train, keep the best head, evaluate it; returns what ``metrics.json`` records."""
+        import lightning as L
+
+        from hydrahead.training.checkpoint import read_checkpoint
+
+        typed, args, model = self.typed, self.args, self.model
+        task = typed.task
+        max_epochs = int(args.get("max_epochs") or 1)
+        train_batches = self._batches("train", train=True)
+        per_epoch = _limit(args.get("limit_train_batches"), len(train_batches))
+        total = max(1, per_epoch * max_epochs)
+        model.to(self.device)
+        optimizer, scheduler = build_optimizer(model, typed, total)
+        clip = args.get("gradient_clip_val")
+        log_every = int(args.get("log_every_n_steps") or 50)
+        val_every = int(args.get("check_val_every_n_epoch") or 1)
+        stopping = typed.callbacks.early_stopping
+        better = (lambda a, b: a > b) if task.mode == "max" else (lambda a, b: a < b)
+        L.seed_everything(typed.seed, workers=True, verbose=False)
+
+        start_epoch, step = 0, 0
+        # The best checkpoint's score, and early stopping's own best (improvements beyond min_delta),
+        # kept apart as Lightning's ModelCheckpoint and EarlyStopping keep them.
+        best_score, best_epoch, stop_best, wait = None, None, None, 0
+        if resume:
+            state = read_checkpoint(resume)
+            if state.get("engine") != ENGINE:
+                from hydrahead.config.schema import ConfigError
+
+                raise ConfigError(
+                    f"ckpt_path={resume} was written by the Lightning path; resume it with "
+                    "backbone.cache=off (or start this frozen-head run afresh)"
+                )
+            model.load_state_dict(
+                {k.removeprefix("model."): v for k, v in state["state_dict"].items()}, strict=False
+            )
+            optimizer.load_state_dict(state["optimizer_states"][0])
+            scheduler.load_state_dict(state["lr_schedulers"][0])
+            _set_rng_state(state["rng_state"])
+            start_epoch, step = state["epoch"] + 1, state["global_step"]
+            best_score, best_epoch = state["best_score"], state["best_epoch"]
+            stop_best, wait = state["stop_best"], state["wait"]
+            log.info("resumed from %s at epoch %d, step %d", resume, start_epoch, step)
+
+        train_seconds, samples = 0.0, 0
+        stopped_early = False
+        epoch = start_epoch - 1
+        model.train()
+        with _Sigterm() as sigterm:
+            for epoch in range(start_epoch, max_epochs):
+                train_batches.batch_sampler.set_epoch(epoch)
+                epoch_start = time.perf_counter()
+                for index, batch in enumerate(train_batches):
+                    if index >= per_epoch:
+                        break
+                    if sigterm.received:
+                        raise RuntimeError(
+                            f"stopped by SIGTERM in epoch {epoch}; resume with "
+                            f"ckpt_path={self.checkpoints / 'last.ckpt'}"
+                        )
+                    batch = self._to_device(batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    with self._autocast():
+                        loss = model(**batch).loss
+                    loss.backward()
+                    if clip:
+                        torch.nn.utils.clip_grad_norm_(
+                            [p for g in optimizer.param_groups for p in g["params"]], clip
+                        )
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    samples += int(batch["labels"].shape[0])
+                    if self.logger and step % log_every == 0:
+                        values = {"train/loss": float(loss), "epoch": epoch}
+                        if typed.callbacks.lr_monitor:
+                            for group in optimizer.param_groups:
+                                values[f"lr-{type(optimizer).__name__}/{group['name']}"] = group["lr"]
+                        self.logger.log_metrics(values, step=step - 1)
+                train_seconds += time.perf_counter() - epoch_start
+                last_epoch = epoch == max_epochs - 1
+                if (epoch + 1) % val_every == 0 or last_epoch:
+                    val = self.evaluate("validation", "val", args.get("limit_val_batches"))
+                    if self.logger:
+                        self.logger.log_metrics({**val, "epoch": epoch}, step=step - 1)
+                    score = val.get(task.monitor)
+                    if score is None:
+                        raise KeyError(
+                            f"task.monitor={task.monitor!r} is not a validation metric; "
+                            f"available: {', '.join(sorted(val))}"
+                        )
+                    log.info(
+                        "epoch %d/%d: %s",
+                        epoch + 1,
+                        max_epochs,
+                        ", ".join(f"{k}={v:.4f}" for k, v in val.items()),
+                    )
+                    if best_score is None or better(score, best_score):
+                        best_score, best_epoch = score, epoch
+                        self._save("best", {**self._base_state(epoch, step), "score": score})
+                    sign = 1 if task.mode == "max" else -1
+                    if stop_best is None or better(score - sign * stopping.min_delta, stop_best):
+                        stop_best, wait = score, 0
+                    else:
+                        wait += 1
+                    if stopping.enabled and wait >= stopping.patience and not last_epoch:
+                        stopped_early = True
+                self._save(
+                    "last",
+                    {
+                        **self._base_state(epoch, step),
+                        "optimizer_states": [optimizer.state_dict()],
+                        "lr_schedulers": [scheduler.state_dict()],
+                        "rng_state": _rng_state(),
+                        "best_score": best_score,
+                        "best_epoch": best_epoch,
+                        "stop_best": stop_best,
+                        "wait": wait,
+                    },
+                )
+                if stopped_early:
+                    log.info("early stopping after epoch %d (%s did not improve)", epoch + 1, task.monitor)
+                    break
+
+        best_path = self.checkpoints / "best.ckpt"
+        if best_path.is_file():
+            best = read_checkpoint(best_path)
+            model.load_state_dict(
+                {k.removeprefix("model."): v for k, v in best["state_dict"].items()}, strict=False
+            )
+        metrics = self.evaluate("validation", "val", args.get("limit_val_batches"))
+        if "test" in self.splits:
+            metrics.update(self.evaluate("test", "test", args.get("limit_test_batches")))
+        model.cpu()
+        return {
+            "metrics": metrics,
+            "best_checkpoint": str(best_path) if best_path.is_file() else None,
+            "epochs": epoch + 1,
+            "global_step": step,
+            "stopped_early": stopped_early,
+            "train_s": round(train_seconds, 3),
+            "train_samples_per_s": round(samples / train_seconds, 2) if train_seconds > 0 else None,
+        }
