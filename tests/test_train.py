@@ -42,7 +42,8 @@ def test_short_fit_for_each_preset_task_level(preset, task, level, tmp_path):
 
 
 def test_run_directory_contract(tmp_path, monkeypatch):
-    run_train([*FAST, "backbone.freeze=true", "head=mlp", "head.hidden_layers=[16]"], tmp_path, monkeypatch)
+    args = [*FAST, "backbone.freeze=true", "head=mlp", "head.hidden_layers=[16]", "export=true"]
+    run_train(args, tmp_path, monkeypatch)
     metrics = read_metrics(tmp_path)
     assert metrics["status"] == "completed"
     for key in ("metrics", "monitor", "best", "epochs", "wall_s", "params_trainable", "params_total"):
@@ -50,8 +51,10 @@ def test_run_directory_contract(tmp_path, monkeypatch):
     assert metrics["monitor"] == "val/acc"
     assert metrics["epochs"] == 1
     assert 0 < metrics["params_trainable"] < metrics["params_total"]  # frozen backbone
-    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} >= {"last.ckpt", "best.ckpt"}
-    model_dir = tmp_path / "model"
+    # A finished frozen-head run keeps its best head; last.ckpt (optimizer state) served resuming only
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"best.ckpt"}
+    assert metrics["engine"] == "head_trainer" and metrics["backbone_ref"]["random_init_seed"] == 0
+    model_dir = tmp_path / "model"  # export=true: the full export all the same
     for name in ("config.json", "model.safetensors", "modeling_hydrahead.py", "tokenizer_config.json"):
         assert (model_dir / name).is_file(), name
     config = json.loads((model_dir / "config.json").read_text())

@@ -144,6 +144,7 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
     from hydrahead.export import export_model
     from hydrahead.training import factories
     from hydrahead.training.head_trainer import ENGINE, HeadTrainer
+    from hydrahead.utils import malloc
 
     bb, data = typed.backbone, typed.data
     shared, feature_cache = shared_frozen(typed, labels, trainer_args)
@@ -183,6 +184,7 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
         logger=logger,
         extra_state={"backbone_ref": reference} if reference else None,
     )
+    heap = malloc.policy(typed.malloc, trains_backbone=False, on_cpu=trainer.device.type == "cpu")
     result = trainer.fit(resume=ckpt_path)
     metrics = result.pop("metrics")
     best = metrics.get(typed.task.monitor)
@@ -206,6 +208,7 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
         "labels": shared.labels,
         "feature_cache": feature_cache,
         "engine": ENGINE,
+        "malloc": heap,
         "backbone_ref": reference,
     }
 
@@ -285,7 +288,7 @@ def shared_frozen(typed: TrainConfig, labels: list[str] | None, trainer_args: di
             "task": typed.task.name,
             "labels": labels,
             "seed": typed.seed if random_weights else None,
-            "paths": [typed.paths.data_dir, typed.paths.cache_dir],
+            "cache_dir": typed.paths.cache_dir,  # data files are in "data", resolved
             "autocast": str(autocast),
             "gpu": on_gpu,
             # an edited data file makes another entry (its content is in the cache key; this is cheaper)

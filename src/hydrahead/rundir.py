@@ -184,8 +184,8 @@ class Run:
         folder = self.dir / "checkpoints"
         found = {"last": folder / "last.ckpt", "best": folder / "best.ckpt"}
         best = self.record.get("best_checkpoint")
-        if best and Path(best).is_file():
-            found["best"] = Path(best)
+        if best:  # by name in this dir: a copied or moved run must not read the original's file
+            found["best"] = folder / Path(best).name
         return {name: path for name, path in found.items() if path.is_file()}
 
     @property

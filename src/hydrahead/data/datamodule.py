@@ -77,18 +77,21 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def __iter__(self):
+        # A generator: the order is drawn at the first batch, not when the iterator is made (Lightning
+        # makes the first epoch's iterator before the epoch is set, also when resuming at epoch N).
         rng = random.Random(self.seed * 100_003 + self.epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         if not self.group_by_length:
-            return iter([order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)])
+            yield from (order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size))
+            return
         mega = 50 * self.batch_size
         batches = []
         for start in range(0, len(order), mega):
             chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
-        return iter(batches)
+        yield from batches
 
     def __len__(self) -> int:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size

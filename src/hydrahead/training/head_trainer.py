@@ -248,6 +248,15 @@ class HeadTrainer:
             **self.extra_state,
         }
 
+    def _carry_best(self, resumed_from: Path) -> None:
+        """Resuming into another run dir: bring the best head so far along (a later epoch may not beat it)."""
+        import shutil
+
+        ours, theirs = self.checkpoints / "best.ckpt", resumed_from.parent / "best.ckpt"
+        if not ours.exists() and theirs.is_file():
+            ours.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(theirs, ours)
+
     # -- training ---------------------------------------------------------------------------
     def fit(self, resume: str | Path | None = None) -> dict:
         """Train, keep the best head, evaluate it; returns what ``metrics.json`` records."""
@@ -292,6 +301,7 @@ class HeadTrainer:
             start_epoch, step = state["epoch"] + 1, state["global_step"]
             best_score, best_epoch = state["best_score"], state["best_epoch"]
             stop_best, wait = state["stop_best"], state["wait"]
+            self._carry_best(Path(resume))
             log.info("resumed from %s at epoch %d, step %d", resume, start_epoch, step)
 
         train_seconds, samples = 0.0, 0
