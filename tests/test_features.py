@@ -106,7 +106,9 @@ def test_sweep_jobs_equal_the_same_jobs_run_alone(tmp_path, monkeypatch, local_b
 
     frozen = [*FROZEN, f"backbone.name_or_path={local_bert_dir}"]  # pretrained: seeds share the weights
     sweep = ["head=mlp", "head.hidden_layers=[8],[16,8]", "head.layer=2,-1", "seed=0,1", "head.dropout=0.2"]
-    run_train([*frozen, *sweep, f"paths.cache_dir={tmp_path}/c"], tmp_path / "sweep", monkeypatch, multirun=True)
+    run_train(
+        [*frozen, *sweep, f"paths.cache_dir={tmp_path}/c"], tmp_path / "sweep", monkeypatch, multirun=True
+    )
     combos = [(h, layer, seed) for h in ("[8]", "[16,8]") for layer in ("2", "-1") for seed in ("0", "1")]
     for n in (0, 3, 5, 6):
         hidden, layer, seed = combos[n]

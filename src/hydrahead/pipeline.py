@@ -54,15 +54,24 @@ def run(cfg: DictConfig) -> RunResult:
     ``metrics.json`` says ``running`` while it trains, then ``completed``, or ``failed`` with the
     error, which is raised again. Config errors are raised before any weights load.
     """
+    from hydrahead.data.cache import digest
+
     run_dir = RunDir(cfg.paths.output_dir).create()
     _keep_library_files_in(Path(cfg.paths.cache_dir))
     start = time.perf_counter()
     job = hydra_job()
     secrets = secret_values(cfg)  # resolved once: the whole config is walked
+    config_digest = digest(OmegaConf.to_container(cfg, resolve=True))
+    done = run_dir.completed_record(config_digest)
+    if done is not None:
+        # A requeued chunk of sweep jobs runs its finished jobs again: they are done, not redone.
+        log.info("%s already holds this run, completed; nothing to do", run_dir.path)
+        return RunResult(run_dir.path, done)
     run_dir.begin(
         monitor=cfg.task.monitor,
         seed=cfg.seed,
         overrides=[redact(o, secrets) for o in job.get("overrides", [])],
+        config_digest=config_digest,
     )
     try:
         typed = validate(cfg)

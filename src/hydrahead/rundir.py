@@ -105,6 +105,15 @@ class RunDir:
         }
         return self.record
 
+    def completed_record(self, config_digest: str) -> dict | None:
+        """The record of a completed run of this same config already in this dir, else None."""
+        try:
+            record = json.loads((self.path / METRICS).read_text())
+        except (OSError, ValueError):
+            return None
+        same = record.get("status") == "completed" and record.get("config_digest") == config_digest
+        return record if same else None
+
     def write(self, **fields) -> None:
         """Update the record with ``fields`` and replace ``metrics.json`` with it."""
         self.record.update(fields)

@@ -49,13 +49,18 @@ class SweepReport(hydra.experimental.callback.Callback):
 
 
 def report_sweep() -> None:
-    if not SweepReport.sweep_dir or not Path(SweepReport.sweep_dir).is_dir():
+    # Hydra instantiates hydrahead.cli.train.SweepReport, which under `python -m` is not this
+    # module's (__main__) class: read the one Hydra set.
+    from hydrahead.cli import train
+
+    sweep_dir = train.SweepReport.sweep_dir
+    if not sweep_dir or not Path(sweep_dir).is_dir():
         return
     from hydrahead.rundir import sweep_summary
 
-    failed, completed = sweep_summary(SweepReport.sweep_dir)
+    failed, completed = sweep_summary(sweep_dir)
     total = len(failed) + len(completed)
-    log.info("sweep %s: %d of %d jobs completed", SweepReport.sweep_dir, len(completed), total)
+    log.info("sweep %s: %d of %d jobs completed", sweep_dir, len(completed), total)
     if failed:
         message = "\n".join(f"  FAILED {line}" for line in failed)
         print(f"{len(failed)} of {total} sweep jobs failed:\n{message}", file=sys.stderr)

@@ -49,12 +49,16 @@ def register_resolvers() -> None:
 
 
 def register_configs() -> None:
-    """Put the schema into Hydra's ConfigStore as ``train_schema`` (idempotent)."""
+    """Put the schema into Hydra's ConfigStore as ``train_schema``, and the launchers as
+    ``hydra/launcher=hydrahead`` (the default), ``hydrahead_local``, ``hydrahead_slurm`` (idempotent)."""
     from hydra.core.config_store import ConfigStore
+
+    from hydrahead.sweep.launchers import register_launchers
 
     from .schema import TrainConfig
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    register_launchers()
 
 
 def register() -> None:

@@ -17,8 +17,18 @@ def validate(cfg, deep: bool = True) -> TrainConfig:
 
     ``deep`` also reads the backbone's config (for layer ranges) and the checkpoint to resume from.
     """
+    import dataclasses
+
     from hydrahead.modeling.head_spec import normalize_head
 
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | {"hydra"}
+    stray = sorted(set(cfg.keys()) - known)
+    if stray:  # e.g. +w1=linear for a group that is not on the search path: it would train the defaults
+        raise ConfigError(
+            f"unknown top-level key {stray[0]} (added with +{stray[0]}=...?): it is neither a config "
+            "group on the search path nor a key of the run config; top-level keys: "
+            + ", ".join(sorted(known - {"hydra"}))
+        )
     try:
         typed: TrainConfig = OmegaConf.to_object(cfg)
         normalize_head(typed.head.model_spec())

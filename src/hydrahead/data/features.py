@@ -104,15 +104,33 @@ def compute_split(
     model.eval()
     try:
         return _compute_split(
-            model, features, level, task, num_labels, pad_id, layers, batch_size, autocast_dtype,
-            store_dtype, poolings,
+            model,
+            features,
+            level,
+            task,
+            num_labels,
+            pad_id,
+            layers,
+            batch_size,
+            autocast_dtype,
+            store_dtype,
+            poolings,
         )
     finally:
         model.train(was_training)  # Lightning keeps module modes as it finds them
 
 
 def _compute_split(
-    model, features, level, task, num_labels, pad_id, layers, batch_size, autocast_dtype, store_dtype,
+    model,
+    features,
+    level,
+    task,
+    num_labels,
+    pad_id,
+    layers,
+    batch_size,
+    autocast_dtype,
+    store_dtype,
     poolings,
 ) -> dict:
     device = next(model.parameters()).device
