@@ -7,6 +7,7 @@ from a local vocab, in well under a second: for tests and dry runs.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -171,15 +172,31 @@ def load_backbone_config(
     revision: str | None = None,
     trust_remote_code: bool = False,
 ):
-    """The backbone's ``PretrainedConfig``, read without loading any weights."""
+    """The backbone's ``PretrainedConfig``, read without loading any weights (a copy the caller owns)."""
+    import copy
+
     if is_tiny(name_or_path):
         family = tiny_family(name_or_path)
         return tiny_config(family, tokenizer or tiny_tokenizer(family))
+    path = resolve_name_or_path(name_or_path)
+    return copy.deepcopy(_read_config(path, revision, trust_remote_code, _config_stamp(path)))
+
+
+def _config_stamp(path: str):
+    """What makes a cached config stale: the local config.json's mtime and size (None for hub ids)."""
+    try:
+        info = (Path(path) / "config.json").stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+@functools.lru_cache(maxsize=16)
+def _read_config(path: str, revision, trust_remote_code: bool, stamp):
+    # Read once per process: the jobs of a sweep validate and build on the same backbone hundreds of times.
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(
-        resolve_name_or_path(name_or_path), revision=revision, trust_remote_code=trust_remote_code
-    )
+    return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
 
 
 def load_backbone_weights(

@@ -365,6 +365,13 @@ def shared_frozen(typed: TrainConfig, labels: list[str] | None, trainer_args: di
         _stat(path),
     )
     _SHARED["slot"] = shared
+    # The encoded data is millions of small Python objects that live as long as the slot: keep them
+    # out of every later full garbage collection (one per job otherwise costs 0.3 s on MiniLM's data).
+    # Reference counting still frees them when the slot is replaced.
+    import gc
+
+    gc.collect()
+    gc.freeze()
     return shared, status
 
 

@@ -200,6 +200,7 @@ class HeadTrainer:
         batches = self._batches(split, train=False)
         count = _limit(limit, len(batches))
         loss_sum, weight = torch.zeros((), dtype=torch.float64), 0
+        kept_preds, kept_labels = [], []
         for index, batch in enumerate(batches):
             if index >= count:
                 break
@@ -210,10 +211,13 @@ class HeadTrainer:
             loss_sum += out.loss.detach().double().cpu() * size
             weight += size
             preds, labels = flatten_for_metrics(out.logits, batch["labels"], self.task.name)
-            if len(labels):
-                metrics.update(preds, labels)
+            kept_preds.append(preds)
+            kept_labels.append(labels)
             if entities is not None:
                 entities.update(out.logits.detach().cpu(), batch["labels"].cpu())
+        labels = torch.cat(kept_labels) if kept_labels else torch.zeros(0)
+        if len(labels):  # one update: the metrics are counts, the same as batch by batch
+            metrics.update(torch.cat(kept_preds), labels)
         model.train(was_training)
         results = {f"{stage}/loss": float(loss_sum / max(weight, 1))}
         results.update({f"{stage}/{k}": float(v) for k, v in metrics.compute().items()})
@@ -359,7 +363,8 @@ class HeadTrainer:
                     )
                     if best_score is None or better(score, best_score):
                         best_score, best_epoch = score, epoch
-                        self._save("best", {**self._base_state(epoch, step), "score": score})
+                        best_state = {**self._base_state(epoch, step), "score": score, "val_metrics": val}
+                        self._save("best", best_state)
                     sign = 1 if task.mode == "max" else -1
                     if stop_best is None or better(score - sign * stopping.min_delta, stop_best):
                         stop_best, wait = score, 0
@@ -385,12 +390,17 @@ class HeadTrainer:
                     break
 
         best_path = self.checkpoints / "best.ckpt"
+        metrics = None
         if best_path.is_file():
             best = read_checkpoint(best_path)
             model.load_state_dict(
                 {k.removeprefix("model."): v for k, v in best["state_dict"].items()}, strict=False
             )
-        metrics = self.evaluate("validation", "val", args.get("limit_val_batches"))
+            # The best head's validation, as measured when it was saved (evaluation is deterministic:
+            # running it again on the same weights gives these numbers).
+            metrics = dict(best.get("val_metrics") or {}) or None
+        if metrics is None:
+            metrics = self.evaluate("validation", "val", args.get("limit_val_batches"))
         if "test" in self.splits:
             metrics.update(self.evaluate("test", "test", args.get("limit_test_batches")))
         model.cpu()
