@@ -278,10 +278,8 @@ def shared_frozen(typed: TrainConfig, labels: list[str] | None, trainer_args: di
 
     import torch
 
-    from hydrahead.backbones import load_tokenizer
     from hydrahead.build import build_model
     from hydrahead.data.cache import digest
-    from hydrahead.data.datamodule import HeadDataModule
     from hydrahead.data.features import load_entry, weights_source
 
     bb, data = typed.backbone, typed.data
@@ -311,16 +309,7 @@ def shared_frozen(typed: TrainConfig, labels: list[str] | None, trainer_args: di
     if reusable and max(resolve_layers(typed.head.layer, found.full_depth)) <= found.depth:
         return found, "memory"
     _SHARED.clear()
-    tokenizer = load_tokenizer(
-        bb.name_or_path,
-        revision=bb.revision,
-        trust_remote_code=bb.trust_remote_code,
-        words=data.level != "sequence",
-    )
-    datamodule = HeadDataModule(
-        data, tokenizer, typed.task.name, labels=labels, cache_dir=typed.paths.cache_dir
-    )
-    datamodule.load()
+    tokenizer, datamodule = _load_data(typed, labels)
     # The backbone as deep as the entry: every layer (backbone.cache_layers=all), or up to the
     # highest this job reads (read).
     reads = {"layer": "all"} if bb.cache_layers == "all" else {"layer": typed.head.layer}
@@ -375,6 +364,24 @@ def shared_frozen(typed: TrainConfig, labels: list[str] | None, trainer_args: di
     return shared, status
 
 
+def _load_data(typed: TrainConfig, labels: list[str] | None):
+    """The backbone's tokenizer and the loaded (read, labelled, encoded) data module."""
+    from hydrahead.backbones import load_tokenizer
+    from hydrahead.data.datamodule import HeadDataModule
+
+    bb, data = typed.backbone, typed.data
+    tokenizer = load_tokenizer(
+        bb.name_or_path,
+        revision=bb.revision,
+        trust_remote_code=bb.trust_remote_code,
+        words=data.level != "sequence",
+    )
+    datamodule = HeadDataModule(
+        data, tokenizer, typed.task.name, labels=labels, cache_dir=typed.paths.cache_dir
+    )
+    return tokenizer, datamodule.load()
+
+
 def _stat(path) -> tuple | None:
     try:
         info = os.stat(path)
@@ -389,9 +396,7 @@ def _fit_lightning(
     """A Lightning fit: on token batches, or on cached features when the head trainer cannot take the run."""
     from lightning.pytorch.accelerators import CPUAccelerator
 
-    from hydrahead.backbones import load_tokenizer
     from hydrahead.build import build_model
-    from hydrahead.data.datamodule import HeadDataModule
     from hydrahead.data.features import FeatureDataModule, select
     from hydrahead.export import export_model
     from hydrahead.training import factories
@@ -404,16 +409,7 @@ def _fit_lightning(
         tokenizer, labels = shared.tokenizer, shared.labels
     else:
         shared, feature_cache = None, uncached_why
-        tokenizer = load_tokenizer(
-            bb.name_or_path,
-            revision=bb.revision,
-            trust_remote_code=bb.trust_remote_code,
-            words=data.level != "sequence",
-        )
-        datamodule = HeadDataModule(
-            data, tokenizer, typed.task.name, labels=labels, cache_dir=typed.paths.cache_dir
-        )
-        datamodule.load()
+        tokenizer, datamodule = _load_data(typed, labels)
         labels = datamodule.labels
     run_dir.write_labels(labels)
     model, _ = build_model(

@@ -36,7 +36,7 @@ from hydrahead.data.datamodule import EncodedData
 from hydrahead.data.features import FeatureBatches
 
 from .metrics import EntityMetrics, build_metrics, flatten_for_metrics, is_bio
-from .module import adamw, parameter_groups
+from .module import build_optimizer
 
 log = logging.getLogger("hydrahead.run")
 ENGINE = "head_trainer"
@@ -77,27 +77,6 @@ def _limit(limit, count: int) -> int:
     if isinstance(limit, float) and limit <= 1.0:
         return int(count * limit) if limit < 1.0 else count
     return min(count, int(limit))
-
-
-def build_optimizer(model, typed: TrainConfig, total_steps: int):
-    """The optimizer over the model's trainable groups and its per-step scheduler (as HeadModule's)."""
-    from transformers import get_scheduler
-
-    opt = typed.optimizer
-    groups = parameter_groups(model, opt.lr, opt.backbone_lr, opt.weight_decay)
-    if opt.name == "adamw":
-        optimizer = adamw(groups, opt)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum)
-    sched = typed.scheduler
-    names = {"linear_warmup": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
-    scheduler = get_scheduler(
-        names[sched.name],
-        optimizer,
-        num_warmup_steps=int(sched.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    return optimizer, scheduler
 
 
 def _rng_state() -> dict:
@@ -275,7 +254,7 @@ class HeadTrainer:
         per_epoch = _limit(args.get("limit_train_batches"), len(train_batches))
         total = max(1, per_epoch * max_epochs)
         model.to(self.device)
-        optimizer, scheduler = build_optimizer(model, typed, total)
+        optimizer, scheduler = build_optimizer(model, typed.optimizer, typed.scheduler, total)
         clip = args.get("gradient_clip_val")
         log_every = int(args.get("log_every_n_steps") or 50)
         val_every = int(args.get("check_val_every_n_epoch") or 1)

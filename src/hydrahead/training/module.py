@@ -47,6 +47,25 @@ def adamw(groups: list[dict], opt: OptimizerConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, **kwargs, fused=bool(fused) or None)
 
 
+def build_optimizer(model, opt: OptimizerConfig, sched: SchedulerConfig, total_steps: int):
+    """The optimizer over the model's trainable groups and its scheduler, stepped per optimizer step."""
+    from transformers import get_scheduler
+
+    groups = parameter_groups(model, opt.lr, opt.backbone_lr, opt.weight_decay)
+    if opt.name == "adamw":
+        optimizer = adamw(groups, opt)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum)
+    names = {"linear_warmup": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+    scheduler = get_scheduler(
+        names[sched.name],
+        optimizer,
+        num_warmup_steps=int(sched.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    return optimizer, scheduler
+
+
 class HeadModule(L.LightningModule):
     """Wraps a HydraHeadModel with the optimizer, scheduler and per-task metrics of its typed configs.
 
@@ -156,21 +175,6 @@ class HeadModule(L.LightningModule):
         random.setstate(state["python"])
 
     def configure_optimizers(self):
-        from transformers import get_scheduler
-
-        opt = self.optimizer_cfg
-        groups = parameter_groups(self.model, opt.lr, opt.backbone_lr, opt.weight_decay)
-        if opt.name == "adamw":
-            optimizer = adamw(groups, opt)
-        else:
-            optimizer = torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum)
-        sched = self.scheduler_cfg
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        names = {"linear_warmup": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
-        scheduler = get_scheduler(
-            names[sched.name],
-            optimizer,
-            num_warmup_steps=int(sched.warmup_ratio * total),
-            num_training_steps=total,
-        )
+        optimizer, scheduler = build_optimizer(self.model, self.optimizer_cfg, self.scheduler_cfg, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
