@@ -98,6 +98,33 @@ def pool(hidden, attention_mask, pooling: str):
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def stored_features(model, tokenizer, rows, args, reads: list[tuple[int, str]]):
+    """One no-grad pass over ``rows`` (sorted by length, batches of args.batch): for each input,
+    ``pool(hidden_states[layer], mask, pooling)`` per (layer, pooling) in ``reads`` -> [N, len(reads), H]."""
+    import torch
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]))
+    feats = torch.empty(len(rows), len(reads), model.config.hidden_size, device=device)
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"),
+    ):
+        for s in range(0, len(order), args.batch):
+            index = order[s : s + args.batch]
+            enc = tokenizer(
+                [rows[i]["text"] for i in index],
+                truncation=True,
+                max_length=args.max_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(device)
+            hidden = model(**enc, output_hidden_states=True).hidden_states
+            mask = enc["attention_mask"]
+            feats[index] = torch.stack([pool(hidden[k], mask, p) for k, p in reads], 1).float()
+    return feats
+
+
 def hf_classifier(path: str, num_labels: int, layer: int, hidden: list[int], freeze: bool, pooling="cls"):
     """AutoModel + a custom head on hidden_states[layer], the way HF users write one."""
     from torch import nn
@@ -269,25 +296,8 @@ def limit(args) -> dict:
     model = AutoModel.from_pretrained(resolve_name_or_path(MODEL)).to(device).eval()
     label2id = {name: i for i, name in enumerate(data["labels"])}
 
-    def cls_features(rows):
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]))
-        feats = torch.empty(len(rows), 2, model.config.hidden_size)
-        with (
-            torch.inference_mode(),
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"),
-        ):
-            for s in range(0, len(order), args.batch):
-                index = order[s : s + args.batch]
-                enc = tokenizer(
-                    [rows[i]["text"] for i in index],
-                    truncation=True,
-                    max_length=args.max_length,
-                    padding=True,
-                    return_tensors="pt",
-                ).to(device)
-                hidden = model(**enc, output_hidden_states=True).hidden_states
-                feats[index] = torch.stack([hidden[-1][:, 0], hidden[3][:, 0]], 1).float().cpu()
-        return feats
+    def cls_features(rows):  # CLS of the last layer and of hidden_states[3]
+        return stored_features(model, tokenizer, rows, args, [(-1, "cls"), (3, "cls")]).cpu()
 
     train_x, val_x = cls_features(data["train"]), cls_features(data["val"])
     forward_s = time.perf_counter() - start
@@ -435,25 +445,7 @@ def limit_process(args, which: str) -> dict:
     label2id = {name: i for i, name in enumerate(data["labels"])}
 
     def features(rows):  # [N, len(reads), H]
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]))
-        feats = torch.empty(len(rows), len(reads), model.config.hidden_size, device=device)
-        with (
-            torch.inference_mode(),
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"),
-        ):
-            for s in range(0, len(order), args.batch):
-                index = order[s : s + args.batch]
-                enc = tokenizer(
-                    [rows[i]["text"] for i in index],
-                    truncation=True,
-                    max_length=args.max_length,
-                    padding=True,
-                    return_tensors="pt",
-                ).to(device)
-                hidden = model(**enc, output_hidden_states=True).hidden_states
-                mask = enc["attention_mask"]
-                feats[index] = torch.stack([pool(hidden[k], mask, p) for k, p in reads], 1).float()
-        return feats
+        return stored_features(model, tokenizer, rows, args, reads)
 
     train_x, val_x = features(data["train"]), features(data["val"])
     forward_s = time.perf_counter() - start

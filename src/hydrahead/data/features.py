@@ -17,6 +17,7 @@ compute a missing entry once.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -100,84 +101,62 @@ def compute_split(
     """One no-grad pass over a split, in input order: labels, and per-layer representations stored
     layer-major in ``store_dtype``: ``[P, L, rows, H]`` at sequence level (every pooling in
     ``poolings``), ``[L, rows, H]`` at token and positions level (each layer one contiguous block)."""
+    with _eval_mode(model):  # Lightning keeps module modes as it finds them
+        device = next(model.parameters()).device
+        collate = Collator(pad_id, level, task, num_labels)
+        # Longest batches first: the allocator's first (largest) buffers are reused by every shorter batch
+        # after them, so peak memory stays near one batch's working set; an out-of-memory error comes at once.
+        order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+        chunks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        out: dict[str, torch.Tensor] = {}  # sequence level: filled in place, no per-input copies to join
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch = collate([features[i] for i in index])
+            labels = batch.pop("labels")
+            inputs = {k: v.to(device) for k, v in batch.items() if k != "mask_indices"}
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                hidden = model.backbone(**inputs, output_hidden_states=True, return_dict=True).hidden_states
+                mask_indices = batch.get("mask_indices")
+                if mask_indices is not None:
+                    mask_indices = mask_indices.to(device)
+                mask = inputs.get("attention_mask")
+                if level == "sequence":  # [P, B, L, H]: every pooling of every layer
+                    reps = torch.stack(
+                        [model.layer_features(hidden, mask, None, layers=layers, pooling=p) for p in poolings]
+                    )
+                else:
+                    reps = model.layer_features(hidden, mask, mask_indices, layers=layers)
+            reps = reps.to(device="cpu", dtype=store_dtype).movedim(-2, 0)  # layer-major: [L, (P,) B, ...]
+            if level == "sequence":
+                reps = reps.movedim(1, 0)  # [P, L, B, H]
+                if not out:
+                    out["features"] = reps.new_empty((*reps.shape[:2], len(features), reps.shape[-1]))
+                    out["labels"] = labels.new_empty((len(features), *labels.shape[1:]))
+                out["features"][:, :, index] = reps
+                out["labels"][index] = labels
+                continue
+            for row, i in enumerate(index):
+                keep = _rows_kept(labels[row], task)
+                chunks[i] = (reps[:, row][:, keep], labels[row][keep])
+        if level == "sequence":
+            return {**out, "offsets": torch.arange(len(features) + 1)}
+        rows = [chunks[i] for i in range(len(features))]
+        counts = torch.tensor([len(r[1]) for r in rows])
+        return {
+            "features": torch.cat([r[0] for r in rows], dim=1),
+            "labels": torch.cat([r[1] for r in rows]),
+            "offsets": torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
+        }
+
+
+@contextmanager
+def _eval_mode(model):
     was_training = model.training
     model.eval()
     try:
-        return _compute_split(
-            model,
-            features,
-            level,
-            task,
-            num_labels,
-            pad_id,
-            layers,
-            batch_size,
-            autocast_dtype,
-            store_dtype,
-            poolings,
-        )
+        yield
     finally:
-        model.train(was_training)  # Lightning keeps module modes as it finds them
-
-
-def _compute_split(
-    model,
-    features,
-    level,
-    task,
-    num_labels,
-    pad_id,
-    layers,
-    batch_size,
-    autocast_dtype,
-    store_dtype,
-    poolings,
-) -> dict:
-    device = next(model.parameters()).device
-    collate = Collator(pad_id, level, task, num_labels)
-    # Longest batches first: the allocator's first (largest) buffers are reused by every shorter batch
-    # after them, so peak memory stays near one batch's working set; an out-of-memory error comes at once.
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-    chunks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    out: dict[str, torch.Tensor] = {}  # sequence level: filled in place, no per-input copies to join
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        batch = collate([features[i] for i in index])
-        labels = batch.pop("labels")
-        inputs = {k: v.to(device) for k, v in batch.items() if k != "mask_indices"}
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            hidden = model.backbone(**inputs, output_hidden_states=True, return_dict=True).hidden_states
-            mask_indices = batch.get("mask_indices")
-            if mask_indices is not None:
-                mask_indices = mask_indices.to(device)
-            mask = inputs.get("attention_mask")
-            if level == "sequence":  # [P, B, L, H]: every pooling of every layer
-                reps = torch.stack(
-                    [model.layer_features(hidden, mask, None, layers=layers, pooling=p) for p in poolings]
-                )
-            else:
-                reps = model.layer_features(hidden, mask, mask_indices, layers=layers)
-        reps = reps.to(device="cpu", dtype=store_dtype).movedim(-2, 0)  # layer-major: [L, (P,) B, ...]
-        if level == "sequence":
-            reps = reps.movedim(1, 0)  # [P, L, B, H]
-            if not out:
-                out["features"] = reps.new_empty((*reps.shape[:2], len(features), reps.shape[-1]))
-                out["labels"] = labels.new_empty((len(features), *labels.shape[1:]))
-            out["features"][:, :, index] = reps
-            out["labels"][index] = labels
-            continue
-        for row, i in enumerate(index):
-            keep = _rows_kept(labels[row], task)
-            chunks[i] = (reps[:, row][:, keep], labels[row][keep])
-    if level == "sequence":
-        return {**out, "offsets": torch.arange(len(features) + 1)}
-    rows = [chunks[i] for i in range(len(features))]
-    counts = torch.tensor([len(r[1]) for r in rows])
-    return {
-        "features": torch.cat([r[0] for r in rows], dim=1),
-        "labels": torch.cat([r[1] for r in rows]),
-        "offsets": torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
-    }
+        model.train(was_training)
 
 
 class FeatureCache:
