@@ -11,12 +11,41 @@ sample std, n (completed jobs), plus the failed and still running jobs.
 ``comparison.png`` (bars with std error bars over a categorical key; lines over a numeric key such
 as ``head.layer``) and prints the table. Works on a sweep in progress: a job without
 ``metrics.json`` is pending, a ``running`` job whose process is gone (this host, dead pid) is failed.
+
+**Control tasks** (Hewitt & Liang 2019). When any job has ``task.control`` true, each real job is
+paired with its *control twin*: the job whose value for every measured override key (those of any
+job's ``overrides.yaml``, less ``task.control``; a key a job does not override takes its config
+value) and whose ``seed`` are the same, anywhere in the compared sweeps (several candidates: the
+same sweep's, completed, first). The rows are then grouped by the swept keys without
+``task.control`` (pass ``--by ...,task.control`` for the plain per-kind table instead) and hold:
+
+- the real metric's mean ± std over *all* completed real jobs of the row, and the control metric's
+  over all completed control jobs (``real_n``, ``control_n``): a job whose twin failed still counts
+  for its own kind's mean;
+- selectivity = metric(real) − metric(control), mean ± std over the *complete pairs* only (both
+  twins completed with the metric): ``n`` = ``pairs``;
+- ``unpaired``: completed jobs without a completed twin (no twin at all, or a twin that failed, is
+  running or pending), each listed with its reason under the table (never dropped silently).
+  Failed, running and pending jobs count under ``failed`` / ``running`` as without controls.
+
+With ``--sort selectivity`` the rows sort by selectivity instead of the real metric; in both
+directions as the metric (lower kbits are better, so a more negative selectivity is too).
+
+**Majority-class baseline.** When completed jobs carry ``baselines.majority[<metric>]`` (the
+score of always predicting train's most frequent class), one baseline row, ``majority`` in the
+first key column and ``-`` in the others, comes *last* and never sorts: the mean over the real
+jobs (a note says so when they differ, i.e. the jobs are on different data), with controls also the
+control jobs' own majority and no selectivity. The plot draws it as a dashed grey line.
+
+Lower is better for a metric named like a loss, ``kbits`` (MDL codelengths), ``ece``, ``brier`` or
+``nll`` (the monitor goes by ``task.mode``); higher otherwise (``mdl/compression``, accuracies).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +55,14 @@ from typing import Any
 from hydrahead.rundir import find_runs, load_run, measures, natural_key
 
 OUTPUT_NAMES = ("comparison.csv", "comparison.md", "comparison.png")
+CONTROL_KEY = "task.control"
+LOWER_IS_BETTER = frozenset({"loss", "kbits", "bits", "ece", "brier", "nll"})
+"""Name parts (split at / _ - .) of metrics where lower is better; any name containing "loss" too."""
+CONTROL_CSV_COLUMNS = [
+    "real_mean", "real_std", "control_mean", "control_std", "selectivity_mean", "selectivity_std",
+    "pairs", "real_n", "control_n", "unpaired", "failed", "running",
+]  # fmt: skip
+"""comparison.csv's columns after the key columns with controls (then ``missing``, ``seeds``)."""
 _UNKNOWN = object()
 
 
@@ -80,6 +117,7 @@ def read_job(job_dir: Path, sweep: Path) -> dict:
         "host": run.record.get("host"),
         "pid": run.record.get("pid"),
         "killed": run.killed,
+        "baselines": run.record.get("baselines") if isinstance(run.record.get("baselines"), dict) else {},
     }
     job["seed"] = value_of(job, "seed")
     return job
@@ -162,6 +200,144 @@ def swept_keys(runs: list[dict]) -> list[str]:
     return swept
 
 
+def lower_is_better(metric: str) -> bool:
+    """True for a loss, a codelength (``mdl/online_kbits``), ``ece``, ``brier`` or ``nll``."""
+    name = metric.lower()
+    return "loss" in name or bool(LOWER_IS_BETTER & set(re.split(r"[/_.\-]", name)))
+
+
+def is_control(run: dict) -> bool:
+    """Whether the job trained on the control task (``task.control`` true, overridden or in its config)."""
+    return format_value(value_of(run, CONTROL_KEY)) == "true"
+
+
+def metric_value(run: dict, metric: str) -> float | None:
+    """The job's value of ``metric`` when it completed with one, else None."""
+    value = run["metrics"].get(metric) if run["status"] == "completed" else None
+    return float(value) if _is_number(value) else None
+
+
+def find_twins(runs: list[dict]) -> dict[str, dict]:
+    """Real job <-> control job: the same value for every measured override key but ``task.control``,
+    and the same seed. Maps each paired job's dir to its twin (both ways); a job without one is absent.
+
+    Several candidates for one job (a config run twice): the one in the same sweep, completed, first.
+    """
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run["overrides"] if k not in keys and k != CONTROL_KEY and measures(k)]
+    sides: dict[tuple, tuple[list[dict], list[dict]]] = {}
+    for run in runs:
+        twin_key = (tuple(format_value(value_of(run, k)) for k in keys), format_value(run["seed"]))
+        sides.setdefault(twin_key, ([], []))[is_control(run)].append(run)
+    twins: dict[str, dict] = {}
+    for reals, controls in sides.values():
+        for real in sorted(reals, key=lambda r: (r["status"] != "completed", natural_key(r["dir"]))):
+            if not controls:
+                break
+            twin = min(
+                controls,
+                key=lambda c, r=real: (c["sweep"] != r["sweep"], c["status"] != "completed", natural_key(c["dir"])),
+            )
+            controls.remove(twin)
+            twins[real["dir"]], twins[twin["dir"]] = twin, real
+    return twins
+
+
+def unpaired_reason(run: dict, twins: dict[str, dict], metric: str) -> str | None:
+    """Why the job is in no complete pair ("no control twin", "control twin failed: DIR"), else None."""
+    other = "real" if is_control(run) else "control"
+    twin = twins.get(run["dir"])
+    if twin is None:
+        return f"no {other} twin"
+    if twin["status"] != "completed":
+        return f"{other} twin {twin['status']}: {twin['dir']}"
+    if metric_value(twin, metric) is None:
+        return f"{other} twin has no {metric}: {twin['dir']}"
+    return None
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    return (statistics.fmean(values) if values else None), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def control_stats(members: list[dict], twins: dict[str, dict], metric: str) -> dict:
+    """A row's control fields: the control metric over its completed control jobs, selectivity
+    (real - control) over its complete pairs (``n`` = ``pairs``, ``seeds`` theirs), and counts."""
+    reals = [r for r in members if not is_control(r) and metric_value(r, metric) is not None]
+    controls = [r for r in members if is_control(r) and metric_value(r, metric) is not None]
+    paired = [r for r in reals if unpaired_reason(r, twins, metric) is None]
+    diffs = [metric_value(r, metric) - metric_value(twins[r["dir"]], metric) for r in paired]
+    control_mean, control_std = _mean_std([metric_value(r, metric) for r in controls])
+    selectivity_mean, selectivity_std = _mean_std(diffs)
+    return {
+        "control_mean": control_mean,
+        "control_std": control_std,
+        "selectivity_mean": selectivity_mean,
+        "selectivity_std": selectivity_std,
+        "pairs": len(paired),
+        "n": len(paired),
+        "real_n": len(reals),
+        "control_n": len(controls),
+        "unpaired": sum(unpaired_reason(r, twins, metric) is not None for r in reals + controls),
+        "seeds": sorted((format_value(r["seed"]) for r in paired), key=natural_key),
+    }
+
+
+def unpaired_runs(runs: list[dict], twins: dict[str, dict], metric: str) -> list[str]:
+    """"real: DIR — no control twin" for every completed job (with the metric) in no complete pair."""
+    lines = []
+    for run in runs:
+        reason = unpaired_reason(run, twins, metric) if metric_value(run, metric) is not None else None
+        if reason:
+            lines.append(f"{'control' if is_control(run) else 'real'}: {run['dir']} — {reason}")
+    return lines
+
+
+def majority_baseline(runs: list[dict], metric: str, keys: list[str], controls: bool = False) -> dict | None:
+    """The ``majority`` baseline row: ``baselines.majority[metric]`` averaged over the completed real
+    jobs (and with ``controls`` over the control jobs, into ``control_mean``); None when none has it.
+
+    ``note`` (shown in the seeds column) names the class, and says so when the jobs disagree."""
+    found: dict[bool, list[tuple[float, str]]] = {False: [], True: []}
+    for run in runs:
+        majority = run["baselines"].get("majority") if run["status"] == "completed" else None
+        value = majority.get(metric) if isinstance(majority, dict) else None
+        if _is_number(value) and (controls or not is_control(run)):
+            found[is_control(run)].append((float(value), format_value(majority.get("label", "?"))))
+    if not found[False] and not found[True]:
+        return None
+    values = [v for v, _ in found[False]]
+    control_values = [v for v, _ in found[True]]
+    labels = sorted({label for _, label in found[False]}, key=natural_key)
+    note = "baseline: majority class" + (f" {labels[0]!r} of train" if len(labels) == 1 else " of train")
+    differ = len(set(values)) > 1
+    if differ:
+        note += f"; differs across jobs ({min(values):.4f}-{max(values):.4f}): mean shown"
+    mean, std = _mean_std(values)
+    control_mean, control_std = _mean_std(control_values)
+    return {
+        "baseline": "majority",
+        "keys": {k: "majority" if i == 0 else "-" for i, k in enumerate(keys)},
+        "mean": mean,
+        "std": std if differ else None,
+        "n": len(values),
+        "control_mean": control_mean,
+        "control_std": control_std if len(set(control_values)) > 1 else None,
+        "selectivity_mean": None,
+        "selectivity_std": None,
+        "pairs": None,
+        "real_n": len(values),
+        "control_n": len(control_values),
+        "unpaired": None,
+        "failed": None,
+        "running": None,
+        "missing": None,
+        "seeds": [],
+        "note": note,
+    }
+
+
 @dataclass
 class Comparison:
     metric: str
@@ -173,6 +349,14 @@ class Comparison:
     monitor: str | None = None
     plot_kind: str | None = None
     files: dict[str, str] = field(default_factory=dict)
+    controls: bool = False
+    """Control-task mode: rows pair real and control jobs and report selectivity."""
+    baseline: dict | None = None
+    """The majority-class row (never in ``rows``, never sorted; shown last), or None."""
+    unpaired: list[str] = field(default_factory=list)
+    """With controls: one line per completed job in no complete pair, with the reason."""
+    sort: str = "metric"
+    """"metric" (the real metric) or "selectivity"."""
 
     @property
     def show_missing(self) -> bool:
@@ -185,9 +369,17 @@ def default_metric(runs: list[dict]) -> str | None:
 
 
 def compare(
-    runs: list[dict], metric: str | None = None, by: list[str] | None = None, sweeps: list[str] | None = None
+    runs: list[dict],
+    metric: str | None = None,
+    by: list[str] | None = None,
+    sweeps: list[str] | None = None,
+    sort: str = "metric",
 ) -> Comparison:
-    """Group ``runs`` by ``by`` (default: the swept keys) and aggregate ``metric`` over seeds."""
+    """Group ``runs`` by ``by`` (default: the swept keys) and aggregate ``metric`` over seeds.
+
+    With control jobs (and ``task.control`` not in ``by``): pair them with their real twins and
+    report selectivity (see the module docstring); ``sort="selectivity"`` orders the rows by it.
+    """
     if not runs:
         raise CompareError("no runs found (no directory with .hydra/ or metrics.json)")
     monitor = default_metric(runs)
@@ -204,8 +396,14 @@ def compare(
         modes = Counter(r["mode"] for r in runs if r.get("mode") in ("max", "min"))
         descending = (modes.most_common(1)[0][0] if modes else "max") == "max"
     else:
-        descending = "loss" not in metric
-    keys = list(by) if by else swept_keys(runs)
+        descending = not lower_is_better(metric)
+    controls = any(is_control(r) for r in runs) and CONTROL_KEY not in (by or [])
+    if sort not in ("metric", "selectivity"):
+        raise CompareError(f"--sort {sort}: expected metric or selectivity")
+    if sort == "selectivity" and not controls:
+        raise CompareError("--sort selectivity needs control jobs (task.control=true)")
+    keys = [k for k in (by or swept_keys(runs)) if not (controls and k == CONTROL_KEY)]
+    twins = find_twins(runs) if controls else {}
 
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
@@ -224,11 +422,11 @@ def compare(
         for run in members:
             if run["status"] == "completed":
                 value = run["metrics"].get(metric)
-                if _is_number(value):
+                if not _is_number(value):
+                    row["missing"] += 1
+                elif not (controls and is_control(run)):  # with controls: the real jobs' mean
                     values.append(float(value))
                     seeds.append(format_value(run["seed"]))
-                else:
-                    row["missing"] += 1
             elif run["status"] in ("running", "pending"):
                 row["running"] += 1
             else:
@@ -237,13 +435,17 @@ def compare(
         row["mean"] = statistics.fmean(values) if values else None
         row["std"] = statistics.stdev(values) if len(values) > 1 else None
         row["seeds"] = sorted(seeds, key=natural_key)
+        if controls:
+            row.update(control_stats(members, twins, metric))
         rows.append(row)
+
+    by_value = "selectivity_mean" if sort == "selectivity" else "mean"
 
     def order(row):
         labels = [natural_key(v) for v in row["keys"].values()]
-        if row["mean"] is None:
+        if row[by_value] is None:
             return (1, 0.0, labels)
-        return (0, -row["mean"] if descending else row["mean"], labels)
+        return (0, -row[by_value] if descending else row[by_value], labels)
 
     rows.sort(key=order)
     return Comparison(
@@ -254,6 +456,10 @@ def compare(
         runs=runs,
         sweeps=sweeps or sorted({r["sweep"] for r in runs}),
         monitor=monitor,
+        controls=controls,
+        baseline=majority_baseline(runs, metric, keys, controls),
+        unpaired=unpaired_runs(runs, twins, metric) if controls else [],
+        sort=sort,
     )
 
 

@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
 
     bb, data = typed.backbone, typed.data
     shared, feature_cache = shared_frozen(typed, labels, trainer_args)
-    run_dir.write_labels(shared.labels)
+    run_dir.write_labels(shared.labels, shared.encoded.control)
     model, _ = build_model(
         bb,
         labels=shared.labels,
@@ -168,7 +169,7 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
         tokenizer=shared.tokenizer,
         encoder=shared.encoder,
     )
-    splits = select(shared.payload, model.layer_indices, typed.head.pooling, data.level)
+    splits = select(shared.payload, model.layer_indices, typed.head.pooling, data.level, shared.row_labels)
     params_total, params_trainable = _parameter_counts(model, head_only=True)
     hparams = {**hparams_base, "labels": shared.labels}
     logger = factories.build_logger(
@@ -196,6 +197,12 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
     heap = malloc.policy(typed.malloc, trains_backbone=False, on_cpu=trainer.device.type == "cpu")
     result = trainer.fit(resume=ckpt_path)
     metrics = result.pop("metrics")
+    extra = _controls_record(typed, shared.encoded, shared.labels)
+    if typed.task.mdl:
+        from hydrahead.training.mdl import online_code
+
+        extra["mdl"] = online_code(model, splits, shared.encoded, typed, trainer_args)
+        metrics.update(extra["mdl"]["metrics"])
     best = metrics.get(typed.task.monitor)
     if typed.export is True:
         export_model(model, run_dir.model_dir, shared.tokenizer)
@@ -219,7 +226,26 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
         "engine": ENGINE,
         "malloc": heap,
         "backbone_ref": reference,
+        **extra,
     }
+
+
+def _controls_record(typed: TrainConfig, encoded, labels: list[str]) -> dict:
+    """What metrics.json keeps beside the metrics: the control task and the majority-class baseline."""
+    from hydrahead.training.metrics import majority_baseline
+
+    out = {}
+    if encoded.control is not None:
+        out["control"] = {k: v for k, v in encoded.control.items() if k != "mapping"}
+        if typed.data.level == "token":
+            out["control"]["note"] = (
+                "control tags are random per word type: entity-level metrics are not computed; "
+                "compare token accuracy"
+            )
+    baseline = majority_baseline(encoded, labels) if typed.task.name == "multiclass" else None
+    if baseline:
+        out["baselines"] = {"majority": baseline}
+    return out
 
 
 def _backbone_reference(typed) -> dict | None:
@@ -262,6 +288,26 @@ class SharedFrozen:
     status: str
     entry_stat: tuple | None = None
     """The entry file when it was mapped: a file replaced since is mapped again, never read stale."""
+    row_labels: dict | None = None
+    """Per split, the labels of the entry's rows from ``encoded`` (a control task's); None: the entry's."""
+    variants: dict = dataclasses.field(default_factory=dict)
+    """Control variants of the data (control spec -> (labels, encoded, row_labels)) on the same features."""
+
+    def variant(self, spec, typed, labels):
+        """This slot with the data relabelled by control task ``spec`` (the real task: None)."""
+        if spec is None and None in self.variants:
+            found = self.variants[None]
+        elif spec in self.variants:
+            found = self.variants[spec]
+        else:
+            from hydrahead.data.features import row_labels
+
+            _, datamodule = _load_data(typed, labels)
+            encoded = datamodule.encoded()
+            if encoded.inputs_key != self.encoded.inputs_key:
+                raise RuntimeError("a control task changed the inputs: its features cannot be shared")
+            found = self.variants[spec] = (datamodule.labels, encoded, row_labels(encoded))
+        return dataclasses.replace(self, labels=found[0], encoded=found[1], row_labels=found[2])
 
 
 _SHARED: dict[str, SharedFrozen] = {}
@@ -274,15 +320,15 @@ def shared_frozen(typed: TrainConfig, labels: list[str] | None, trainer_args: di
 
     One slot: a sweep's jobs on one backbone and data share it; a job on other data replaces it.
     """
-    import dataclasses
-
     import torch
 
     from hydrahead.build import build_model
     from hydrahead.data.cache import digest
+    from hydrahead.data.control import spec_of
     from hydrahead.data.features import load_entry, weights_source
 
     bb, data = typed.backbone, typed.data
+    control = spec_of(typed.task)
     precision = str(trainer_args.get("precision", "32-true"))
     autocast = torch.bfloat16 if precision.startswith("bf16") else None
     accelerator = str(trainer_args.get("accelerator"))
@@ -307,9 +353,11 @@ def shared_frozen(typed: TrainConfig, labels: list[str] | None, trainer_args: di
     found = _SHARED.get("slot")
     reusable = found is not None and found.key == key and _stat(found.path) == found.entry_stat
     if reusable and max(resolve_layers(typed.head.layer, found.full_depth)) <= found.depth:
-        return found, "memory"
+        return found.variant(control, typed, labels), "memory"
     _SHARED.clear()
-    tokenizer, datamodule = _load_data(typed, labels)
+    # The backbone pass reads the inputs alone: a control task's data (other labels, the same inputs
+    # and labelled items) shares the real task's entry, and so the pass.
+    tokenizer, datamodule = _load_data(typed, labels, control=False)
     # The backbone as deep as the entry: every layer (backbone.cache_layers=all), or up to the
     # highest this job reads (read).
     reads = {"layer": "all"} if bb.cache_layers == "all" else {"layer": typed.head.layer}
@@ -353,6 +401,7 @@ def shared_frozen(typed: TrainConfig, labels: list[str] | None, trainer_args: di
         status,
         _stat(path),
     )
+    shared.variants[None] = (shared.labels, shared.encoded, None)
     _SHARED["slot"] = shared
     # The encoded data is millions of small Python objects that live as long as the slot: keep them
     # out of every later full garbage collection (one per job otherwise costs 0.3 s on MiniLM's data).
@@ -361,12 +410,14 @@ def shared_frozen(typed: TrainConfig, labels: list[str] | None, trainer_args: di
 
     gc.collect()
     gc.freeze()
-    return shared, status
+    return shared.variant(control, typed, labels), status
 
 
-def _load_data(typed: TrainConfig, labels: list[str] | None):
-    """The backbone's tokenizer and the loaded (read, labelled, encoded) data module."""
+def _load_data(typed: TrainConfig, labels: list[str] | None, control: bool = True):
+    """The backbone's tokenizer and the loaded (read, labelled, encoded) data module: relabelled by
+    the run's control task (``task.control``) unless ``control=False``."""
     from hydrahead.backbones import load_tokenizer
+    from hydrahead.data.control import spec_of
     from hydrahead.data.datamodule import HeadDataModule
 
     bb, data = typed.backbone, typed.data
@@ -377,7 +428,12 @@ def _load_data(typed: TrainConfig, labels: list[str] | None):
         words=data.level != "sequence",
     )
     datamodule = HeadDataModule(
-        data, tokenizer, typed.task.name, labels=labels, cache_dir=typed.paths.cache_dir
+        data,
+        tokenizer,
+        typed.task.name,
+        labels=labels,
+        cache_dir=typed.paths.cache_dir,
+        control=spec_of(typed.task) if control else None,
     )
     return tokenizer, datamodule.load()
 
@@ -411,7 +467,7 @@ def _fit_lightning(
         shared, feature_cache = None, uncached_why
         tokenizer, datamodule = _load_data(typed, labels)
         labels = datamodule.labels
-    run_dir.write_labels(labels)
+    run_dir.write_labels(labels, (shared.encoded if shared else datamodule.encoded()).control)
     model, _ = build_model(
         bb,
         labels=labels,
@@ -423,7 +479,7 @@ def _fit_lightning(
         encoder=shared.encoder if shared else None,
     )
     if shared:
-        splits = select(shared.payload, model.layer_indices, typed.head.pooling, data.level)
+        splits = select(shared.payload, model.layer_indices, typed.head.pooling, data.level, shared.row_labels)
         train_on, has_test = FeatureDataModule(shared.encoded, splits), "test" in splits
     else:
         train_on, has_test = datamodule, datamodule.has_test
@@ -470,7 +526,14 @@ def _fit_lightning(
     best = metrics.get(typed.task.monitor)
     if logger and typed.logger.name == "wandb":
         logger.experiment.summary.update({**metrics, "best": best})
+    extra = _controls_record(typed, shared.encoded if shared else datamodule.encoded(), labels)
+    if typed.task.mdl and shared:
+        from hydrahead.training.mdl import online_code
+
+        extra["mdl"] = online_code(module.model, splits, shared.encoded, typed, trainer_args)
+        metrics.update(extra["mdl"]["metrics"])
     return {
+        **extra,
         "metrics": metrics,
         "monitor": typed.task.monitor,
         "best": best,

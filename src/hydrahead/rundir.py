@@ -122,8 +122,9 @@ class RunDir:
     def fail(self, err: BaseException) -> None:
         self.record.update(status="failed", error=f"{type(err).__name__}: {err}")
 
-    def write_labels(self, labels: list[str]) -> None:
-        write_json(self.path / LABELS, {"labels": list(labels)})
+    def write_labels(self, labels: list[str], control: dict | None = None) -> None:
+        """The label vocabulary; a control run also keeps its task (seed, type -> label map)."""
+        write_json(self.path / LABELS, {"labels": list(labels), **({"control": control} if control else {})})
 
 
 # ------------------------------------------------------------------------------------------ reading

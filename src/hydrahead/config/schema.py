@@ -88,12 +88,44 @@ class TaskConfig:
     monitor: str = "val/acc"
     """The metric that picks the best checkpoint (and that a sweeper optimises)."""
     mode: str = "max"
+    control: bool = False
+    """Train on the control task (Hewitt & Liang 2019) of the data: every word type (sequence level:
+    every value of ``task.control_key``) gets one random label from train's label distribution.
+    ``hydrahead-compare`` pairs each run with its control twin and reports selectivity."""
+    control_seed: int = 0
+    """The seed of the control labels (kept apart from ``seed``, which draws the probe)."""
+    control_lowercase: bool = True
+    """Token/positions levels: the type is the lowercased word form; false keeps case."""
+    control_key: str | None = None
+    """Sequence level: the data field whose value is the type (required there)."""
+    mdl: str | None = None
+    """online: also measure the online codelength of the labels given the frozen features
+    (Voita & Titov 2020): ``mdl/online_kbits``, ``mdl/uniform_kbits``, ``mdl/compression``."""
+    mdl_fractions: list[float] = field(
+        default_factory=lambda: [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.25, 12.5, 25.0, 50.0, 100.0]
+    )
+    """Block boundaries, in percent of the train split (the paper's); the last must be 100."""
+    mdl_heldout: float = 0.1
+    """The fraction of each prefix held out to pick the probe's best epoch (min held-out loss)."""
 
     def __post_init__(self):
         _choice("task.name", self.name, TASKS)
         _choice("task.mode", self.mode, ("max", "min"))
+        _choice("task.mdl", self.mdl, (None, "online"))
         if not 0 < self.threshold < 1:
             raise ConfigError(f"task.threshold={self.threshold} must be in (0, 1)")
+        fractions = list(self.mdl_fractions)
+        if (
+            not fractions
+            or fractions[-1] != 100
+            or any(b <= a for a, b in zip(fractions, fractions[1:]))
+            or fractions[0] <= 0
+        ):
+            raise ConfigError(
+                f"task.mdl_fractions={fractions} must increase from above 0 to exactly 100 (percent)"
+            )
+        if not 0 < self.mdl_heldout < 1:
+            raise ConfigError(f"task.mdl_heldout={self.mdl_heldout} must be in (0, 1)")
 
 
 @dataclass

@@ -43,6 +43,7 @@ def validate(cfg, deep: bool = True) -> TrainConfig:
             f"level {typed.data.level!r}; pick a {head_level}-level data config"
         )
     data = typed.data
+    _check_controls(typed)
     if not data.prepare and not data.hf_name and not data.name.startswith("synthetic"):
         for key in ("train_file", "validation_file", "test_file"):
             path = getattr(data, key)
@@ -57,6 +58,28 @@ def validate(cfg, deep: bool = True) -> TrainConfig:
 
             check_checkpoint(typed.ckpt_path, typed)
     return typed
+
+
+def _check_controls(typed: TrainConfig) -> None:
+    """Control tasks and MDL: what they need of the data level and the backbone."""
+    task, data = typed.task, typed.data
+    if task.control and data.level == "sequence" and not task.control_key:
+        raise ConfigError(
+            f"task.control=true at sequence level (data={data.name}) needs task.control_key=<field>: a "
+            "control task gives each type one random label, and a whole sequence has no word type; name "
+            "the field whose value is the type (e.g. a lemma or id column)"
+        )
+    if task.control and task.monitor.split("/")[-1].startswith("entity_"):
+        raise ConfigError(
+            f"task.monitor={task.monitor} with task.control=true: a control task's tags are random per "
+            "word type, so entity-level metrics mean nothing; monitor val/acc (token accuracy)"
+        )
+    if task.mdl and (typed.backbone.freeze is not True or typed.backbone.cache == "off"):
+        raise ConfigError(
+            f"task.mdl={task.mdl} measures the codelength of labels given frozen features: it needs "
+            f"backbone.freeze=true and the feature cache (got backbone.freeze={typed.backbone.freeze}, "
+            f"backbone.cache={typed.backbone.cache})"
+        )
 
 
 def _check_backbone(typed: TrainConfig) -> None:

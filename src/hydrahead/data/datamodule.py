@@ -113,6 +113,11 @@ class EncodedData:
     group_by_length: bool
     key: str
     """What determines the encoded splits (file content or generator settings, tokenizer, options)."""
+    inputs_key: str | None = None
+    """What determines the inputs and which items carry a label, not the label values: a control
+    task's data shares it with the real task's, and so shares its frozen features. None: ``key``."""
+    control: dict | None = None
+    """A control task's record (seed, types, distribution, type -> label map); None: the real task."""
 
     def lengths(self, split: str) -> list[int]:
         return [len(f["input_ids"]) for f in self.splits[split]]
@@ -132,9 +137,13 @@ class HeadDataModule(L.LightningDataModule):
         task: str,
         labels: list[str] | None = None,
         cache_dir: str | Path | None = None,
+        control=None,
     ):
         super().__init__()
         self.cfg = data_cfg
+        self.control = control
+        """A :class:`~hydrahead.data.control.ControlSpec`: train on its control task (None: the real one)."""
+        self.control_record: dict | None = None
         self.tokenizer = tokenizer
         self.task = task
         self.level = data_cfg.level
@@ -175,9 +184,14 @@ class HeadDataModule(L.LightningDataModule):
                 names.update(n for e in examples for n in label_names(e, self.level, self.task))
             return examples[: self.limit(split)] if examples else examples
         path = self.files().get(split)
-        return read_examples(path, cfg, self.task, limit=self.limit(split), names=names) if path else None
+        keep = (self.control.key,) if self.control is not None and self.control.key else ()
+        return (
+            read_examples(path, cfg, self.task, limit=self.limit(split), names=names, keep=keep)
+            if path
+            else None
+        )
 
-    def _cache_key(self) -> str | None:
+    def _cache_key(self, control: bool = True) -> str | None:
         files = self.files()
         if self.cache_dir is None or not files or self.cfg.hf_name:
             return None
@@ -202,8 +216,12 @@ class HeadDataModule(L.LightningDataModule):
                 "task": self.task,
                 "options": options,
                 "version": 1,
+                **self._control_part(control),
             }
         )
+
+    def _control_part(self, control: bool) -> dict:
+        return {"control": self.control.as_dict()} if control and self.control is not None else {}
 
     def _vocab_file(self) -> Path | None:
         """Where the label vocabulary of this train file (content, fields, task) is cached."""
@@ -221,9 +239,10 @@ class HeadDataModule(L.LightningDataModule):
         }
         return self.cache_dir / f"vocab-{cache.digest(parts)}.json"
 
-    def data_key(self) -> str:
-        """What determines the encoded splits: file content (or generator settings), tokenizer, options."""
-        file_key = self._cache_key()
+    def data_key(self, control: bool = True) -> str:
+        """What determines the encoded splits: file content (or generator settings), tokenizer, options,
+        and the control task (``control=False``: the key of the same data with its real labels)."""
+        file_key = self._cache_key(control)
         if file_key:
             return file_key
         return cache.digest(
@@ -232,8 +251,24 @@ class HeadDataModule(L.LightningDataModule):
                 "tokenizer": cache.tokenizer_fingerprint(self.tokenizer),
                 "labels": self.labels,
                 "task": self.task,
+                **self._control_part(control),
             }
         )
+
+    def _apply_control(self, raw: dict) -> dict:
+        """The splits relabelled by the control task drawn from this train split."""
+        from .control import ControlTask
+
+        task = ControlTask.from_train(self.control, self.level, raw["train"])
+        out = {split: task.apply(examples) if examples else examples for split, examples in raw.items()}
+        self.control_record = task.record()
+        log.info(
+            "control task (seed %d): %d types, labels drawn from train's distribution over %d labels",
+            self.control.seed,
+            len(task.mapping),
+            len(task.labels),
+        )
+        return out
 
     def load(self) -> HeadDataModule:
         """Read, build the label vocabulary (unless given, e.g. on resume) and encode all splits."""
@@ -259,11 +294,14 @@ class HeadDataModule(L.LightningDataModule):
                 key = self._cache_key()
                 cached = cache.load(self.cache_dir, key) if key else None
         if cached is not None:
+            self.control_record = cached.pop("_control", None)  # a control task's record
             self.splits = {split: Encoded(**value) for split, value in cached.items()}
             self.cache_hit = True
             log.info("tokenized %s from the cache (%s)", self.cfg.name, key)
             return self
         self.cache_hit = False if key else None
+        if self.control is not None:
+            raw = self._apply_control(raw)
         for split, examples in raw.items():
             if not examples:
                 continue
@@ -288,7 +326,10 @@ class HeadDataModule(L.LightningDataModule):
                 )
             self.splits[split] = encoded
         if key:
-            cache.store(self.cache_dir, key, {split: vars(enc) for split, enc in self.splits.items()})
+            payload = {split: vars(enc) for split, enc in self.splits.items()}
+            if self.control_record is not None:
+                payload["_control"] = self.control_record
+            cache.store(self.cache_dir, key, payload)
         return self
 
     @property
@@ -314,6 +355,8 @@ class HeadDataModule(L.LightningDataModule):
             seed=cfg.seed,
             group_by_length=cfg.group_by_length,
             key=self.data_key(),
+            inputs_key=self.data_key(control=False),
+            control=self.control_record,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -200,7 +200,7 @@ class FeatureCache:
 def entry_key(data: EncodedData, weights: dict, dtype: str, autocast_dtype) -> dict:
     return {
         "weights": weights,
-        "data": data.key,
+        "data": data.inputs_key or data.key,
         "level": data.level,
         "dtype": dtype,
         "autocast": str(autocast_dtype),
@@ -267,8 +267,26 @@ def _read(path: Path | None) -> tuple[dict, Path] | None:
         return None
 
 
-def select(payload: dict, layers: list[int], pooling: str | None, level: str) -> dict:
-    """Per split ``{features [rows, L, H], labels, offsets}``: one head's layers (and pooling) of an entry."""
+def row_labels(data: EncodedData) -> dict[str, torch.Tensor]:
+    """Per split, the labels of an entry's rows taken from ``data``: what ``compute_split`` stores,
+    for data whose labels differ from those the entry was computed with (a control task)."""
+    dtype = torch.long if data.task == "multiclass" else torch.float
+    out = {}
+    for split, features in data.splits.items():
+        if data.level == "sequence":
+            out[split] = torch.tensor([f["labels"] for f in features], dtype=dtype)
+            continue
+        rows = [row for f in features for row in f["labels"]]
+        labels = torch.tensor(rows, dtype=dtype).reshape(len(rows), *([data.num_labels] if dtype != torch.long else []))
+        out[split] = labels[_rows_kept(labels, data.task)] if len(rows) else labels
+    return out
+
+
+def select(
+    payload: dict, layers: list[int], pooling: str | None, level: str, labels: dict | None = None
+) -> dict:
+    """Per split ``{features [rows, L, H], labels, offsets}``: one head's layers (and pooling) of an
+    entry, with the entry's labels or those given per split (:func:`row_labels`)."""
     held = payload["layers"].tolist()
     pick = torch.tensor([held.index(i) for i in layers])
     splits = {}
@@ -276,9 +294,14 @@ def select(payload: dict, layers: list[int], pooling: str | None, level: str) ->
         features = data["features"]
         if level == "sequence":
             features = features[pooling_index(pooling)]
+        rows = labels[split] if labels is not None else data["labels"].clone()  # copies: the mapping
+        if len(rows) != int(data["offsets"][-1]):  # can be released
+            raise RuntimeError(
+                f"feature cache entry: {split} has {int(data['offsets'][-1])} rows, the data {len(rows)} labels"
+            )
         splits[split] = {
             "features": features.index_select(0, pick).movedim(0, -2).contiguous(),
-            "labels": data["labels"].clone(),  # copies: the entry's file mapping can be released
+            "labels": rows,
             "offsets": data["offsets"].clone(),
         }
     return splits

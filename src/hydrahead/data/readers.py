@@ -135,8 +135,11 @@ def _as_list(value, where: str, key: str, split_on: str | None = None) -> list:
     raise DataError(f"{where}: field {key!r} must be a list, got {type(value).__name__}")
 
 
-def _example(row: dict, where: str, data_cfg, task: str) -> dict:
-    """One canonical example from a raw record; raises DataError naming ``where``."""
+def _example(row: dict, where: str, data_cfg, task: str, keep: tuple[str, ...] = ()) -> dict:
+    """One canonical example from a raw record; raises DataError naming ``where``.
+
+    ``keep`` names raw fields to carry along in ``example["_fields"]`` (a control task's key).
+    """
     f = data_cfg.fields
     level = data_cfg.level
     multilabel = task == "multilabel"
@@ -149,6 +152,8 @@ def _example(row: dict, where: str, data_cfg, task: str) -> dict:
         return row[key]
 
     example: dict = {"_where": where}
+    if keep:
+        example["_fields"] = {key: row.get(key) for key in keep}
     if level == "sequence":
         text = field(f.text, "text")
         if not str(text).strip():
@@ -210,7 +215,12 @@ def _single_labels(example: dict, level: str) -> bool:
 
 
 def read_examples(
-    path: str | Path, data_cfg: DataConfig, task: str, limit: int | None = None, names: set | None = None
+    path: str | Path,
+    data_cfg: DataConfig,
+    task: str,
+    limit: int | None = None,
+    names: set | None = None,
+    keep: tuple[str, ...] = (),
 ) -> list[dict]:
     """Read one split file into canonical examples, checking every row (errors name file:line).
 
@@ -230,7 +240,7 @@ def read_examples(
         try:
             if isinstance(row, DataError):
                 raise row
-            example = _example(row, f"{path}:{line}", data_cfg, task)
+            example = _example(row, f"{path}:{line}", data_cfg, task, keep)
         except DataError as err:
             if data_cfg.on_error != "skip":
                 raise

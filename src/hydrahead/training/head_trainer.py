@@ -128,12 +128,16 @@ class HeadTrainer:
         trainer_args: dict,
         logger=None,
         extra_state: dict | None = None,
+        quiet: bool = False,
     ):
         self.model = model
         self.splits = splits
         self.data = data
         self.typed = typed
-        self.checkpoints = Path(checkpoints)
+        self.checkpoints = Path(checkpoints) if checkpoints is not None else None
+        """None: checkpoints stay in memory (``kept``), for probes nothing resumes (MDL blocks)."""
+        self.kept: dict[str, dict] = {}
+        self.quiet = quiet
         self.hparams = hparams
         self.args = trainer_args
         self.logger = logger
@@ -145,7 +149,13 @@ class HeadTrainer:
         precision = str(trainer_args.get("precision", "32-true"))
         self.autocast = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision.split("-")[0])
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        self.bio = model.config.level == "token" and self.task.name == "multiclass" and is_bio(labels)
+        # A control task's tags are random per word type: entity metrics would mean nothing.
+        self.bio = (
+            model.config.level == "token"
+            and self.task.name == "multiclass"
+            and is_bio(labels)
+            and not self.task.control
+        )
         self.labels = labels
 
     # -- batches ----------------------------------------------------------------------------
@@ -212,9 +222,12 @@ class HeadTrainer:
             if not k.startswith("backbone.")
         }
 
-    def _save(self, name: str, state: dict) -> Path:
+    def _save(self, name: str, state: dict) -> Path | None:
         from hydrahead.utils.atomic import atomic_path
 
+        if self.checkpoints is None:
+            self.kept[name] = state
+            return None
         path = self.checkpoints / f"{name}.ckpt"
         with atomic_path(path, sync=name == "last") as tmp:
             torch.save(state, tmp)
@@ -334,7 +347,8 @@ class HeadTrainer:
                             f"task.monitor={task.monitor!r} is not a validation metric; "
                             f"available: {', '.join(sorted(val))}"
                         )
-                    log.info(
+                    log.log(
+                        logging.DEBUG if self.quiet else logging.INFO,
                         "epoch %d/%d: %s",
                         epoch + 1,
                         max_epochs,
@@ -365,13 +379,20 @@ class HeadTrainer:
                     },
                 )
                 if stopped_early:
-                    log.info("early stopping after epoch %d (%s did not improve)", epoch + 1, task.monitor)
+                    log.log(
+                        logging.DEBUG if self.quiet else logging.INFO,
+                        "early stopping after epoch %d (%s did not improve)",
+                        epoch + 1,
+                        task.monitor,
+                    )
                     break
 
-        best_path = self.checkpoints / "best.ckpt"
+        best_path = self.checkpoints / "best.ckpt" if self.checkpoints is not None else None
         metrics = None
-        if best_path.is_file():
+        best = self.kept.get("best")
+        if best is None and best_path is not None and best_path.is_file():
             best = read_checkpoint(best_path)
+        if best is not None:
             model.load_state_dict(
                 {k.removeprefix("model."): v for k, v in best["state_dict"].items()}, strict=False
             )
@@ -385,7 +406,8 @@ class HeadTrainer:
         model.cpu()
         return {
             "metrics": metrics,
-            "best_checkpoint": str(best_path) if best_path.is_file() else None,
+            "best_checkpoint": str(best_path) if best_path is not None and best_path.is_file() else None,
+            "best_epoch": best_epoch,
             "epochs": epoch + 1,
             "global_step": step,
             "stopped_early": stopped_early,

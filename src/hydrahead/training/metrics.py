@@ -114,3 +114,30 @@ class EntityMetrics(Metric):
                 ("entity_f1", f1_score),
             )
         }
+
+
+def majority_baseline(data, names: list[str] | None = None) -> dict | None:
+    """Accuracy of always predicting train's most frequent label (multiclass), on validation and test.
+
+    ``data`` is an :class:`~hydrahead.data.datamodule.EncodedData`; items are what the loss sees
+    (sequences, labelled tokens, positions). A control run scores its own (control) labels.
+    """
+    from collections import Counter
+
+    def items(split: str) -> list[int]:
+        out = []
+        for feature in data.splits.get(split) or []:
+            labels = feature["labels"]
+            out.extend(labels if isinstance(labels, list) else [labels])
+        return [i for i in out if i != IGNORE_INDEX]
+
+    train = Counter(items("train"))
+    if not train:
+        return None
+    label = min(train, key=lambda i: (-train[i], i))  # ties: the lowest id
+    out: dict = {"label": names[label] if names else label}
+    for split, stage in (("validation", "val"), ("test", "test")):
+        kept = items(split)
+        if kept:
+            out[f"{stage}/acc"] = sum(i == label for i in kept) / len(kept)
+    return out

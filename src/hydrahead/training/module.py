@@ -100,7 +100,8 @@ class HeadModule(L.LightningModule):
         self.test_metrics = build_metrics(task.name, num_labels, task.threshold).clone(prefix="test/")
         labels = [model.config.id2label[i] for i in range(num_labels)]
         self.val_entities = self.test_entities = None
-        if model.config.level == "token" and task.name == "multiclass" and is_bio(labels):
+        # A control task's tags are random per word type: entity metrics would mean nothing.
+        if model.config.level == "token" and task.name == "multiclass" and is_bio(labels) and not task.control:
             self.val_entities = EntityMetrics(labels, seqeval_strict)
             self.test_entities = EntityMetrics(labels, seqeval_strict)
 
