@@ -523,15 +523,15 @@ def _fit_lightning(
             metrics.update({k: float(v) for k, v in result.items()})
     if typed.export is True or (typed.export == "auto" and bb.freeze is not True):
         export_model(module.model, run_dir.model_dir, tokenizer)
-    best = metrics.get(typed.task.monitor)
-    if logger and typed.logger.name == "wandb":
-        logger.experiment.summary.update({**metrics, "best": best})
     extra = _controls_record(typed, shared.encoded if shared else datamodule.encoded(), labels)
     if typed.task.mdl and shared:
         from hydrahead.training.mdl import online_code
 
         extra["mdl"] = online_code(module.model, splits, shared.encoded, typed, trainer_args)
         metrics.update(extra["mdl"]["metrics"])
+    best = metrics.get(typed.task.monitor)
+    if logger and typed.logger.name == "wandb":
+        logger.experiment.summary.update({**metrics, "best": best})
     return {
         **extra,
         "metrics": metrics,
