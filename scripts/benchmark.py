@@ -529,7 +529,8 @@ def hydrahead_cmd(args, variant: Path, *overrides: str) -> list[str]:
         "data.test_file=null",  # the baselines evaluate validation only
         f"data.max_length={args.max_length}",
         f"data.batch_size={args.batch}",
-        "scheduler=constant",  # AdamW at the default lr 1e-3, as the baselines
+        "scheduler=constant",  # AdamW at a constant lr 1e-3, as the baselines
+        "optimizer.lr=1e-3",
         f"trainer.max_epochs={args.epochs}",
         f"trainer.precision={_precision(args)}",
         f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
@@ -732,7 +733,56 @@ def row_cluster(args) -> dict:
     return result
 
 
-WHOLE_ROWS = {"d": row_w1, "e": row_w3, "f": row_cluster}
+MDL_HEADS = ("[]", "[1024,1024]")
+
+
+def row_mdl(args) -> dict:
+    """(g) task.mdl=online vs a plain frozen run of the same head on the same data, whole commands.
+
+    The feature entry is made first, outside the comparison (both sides read it from disk), so the
+    two commands differ by the online code alone: 10 probes trained on the prefixes of train.
+    """
+    root = fresh(Path(args.work) / "g")
+
+    def cmd(name: str, hidden: str, *extra: str) -> list[str]:
+        return hydrahead_cmd(
+            args,
+            root,
+            "backbone.freeze=true",
+            "head=mlp",
+            "head.pooling=mean",
+            f"head.hidden_layers={hidden}",
+            f"hydra.run.dir={root / 'outputs' / name}",
+            *extra,
+        )
+
+    warm = timed(cmd("warm", "[]"), root / "warm.log")
+    result: dict = {"warm_up_s": warm["wall_s"], "heads": {}}
+    for hidden in MDL_HEADS:
+        side = {}
+        for kind, extra in (("plain", ()), ("mdl", ("task.mdl=online",))):
+            name = f"{kind}-{compact(json.loads(hidden))}"
+            run = timed(cmd(name, hidden, *extra), root / f"{name}.log")
+            record = json.loads((root / "outputs" / name / "metrics.json").read_text())
+            side[kind] = {
+                "wall_s": run["wall_s"],
+                "command": run["command"],
+                "train_s": record["train_s"],
+                "mdl_s": record.get("mdl", {}).get("time_s"),
+                "val_acc": record["metrics"]["val/acc"],
+                "compression": record["metrics"].get("mdl/compression"),
+                "online_kbits": record["metrics"].get("mdl/online_kbits"),
+                "feature_cache": record["feature_cache"],
+            }
+        plain, mdl = side["plain"], side["mdl"]
+        side["wall_ratio"] = mdl["wall_s"] / plain["wall_s"]
+        side["compute_ratio"] = (mdl["train_s"] + mdl["mdl_s"]) / plain["train_s"]
+        result["heads"][hidden] = side
+    drop_runs(args, root)
+    return result
+
+
+WHOLE_ROWS = {"d": row_w1, "e": row_w3, "f": row_cluster, "g": row_mdl}
 
 
 CHILDREN = {
@@ -775,13 +825,14 @@ ROWS = {  # --rows letter -> what runs for it (rows a-c: child processes, d-f: w
     "d": ["d"],
     "e": ["e"],
     "f": ["f"],
+    "g": ["g"],
 }
 ROWS_HELP = (
     "comma-separated rows: a (4-head frozen sweep, hydrahead.run vs HF Trainer), b (fine-tuning "
     "throughput), c (the limit: one pass + 4 heads), d (W1: whole hydrahead-train commands vs an HF "
     "Trainer process vs a plain-script limit), e (W3: a 63-job probe sweep, same three sides, HF "
     "extrapolated from 2 configs), f (8 single runs at once on one empty cache: encoder passes "
-    "counted); default a,b,c"
+    "counted), g (task.mdl=online vs a plain frozen run of the same head, whole commands); default a,b,c"
 )
 
 
@@ -966,6 +1017,16 @@ def report(results: dict, args) -> None:
             f"{f['encoder_passes']} encoder passes (feature_cache: {counts}; {f['completed']} completed, "
             f"exit codes {f['exit_codes']})"
         )
+    if "g" in results_ok:
+        for hidden, side in results["g"]["heads"].items():
+            plain, mdl = side["plain"], side["mdl"]
+            console.print(
+                f"  (g) head.hidden_layers={hidden}: plain run {plain['wall_s']:.1f} s (train "
+                f"{plain['train_s']:.2f} s), with task.mdl=online {mdl['wall_s']:.1f} s (train "
+                f"{mdl['train_s']:.2f} s + online code {mdl['mdl_s']:.2f} s): whole command "
+                f"{side['wall_ratio']:.2f}x, head compute {side['compute_ratio']:.2f}x; compression "
+                f"{mdl['compression']:.2f}, val acc {plain['val_acc']:.3f} / {mdl['val_acc']:.3f}"
+            )
     out = Path(args.out or Path(args.work) / "benchmark.json")
     out.write_text(
         json.dumps(

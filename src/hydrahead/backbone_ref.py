@@ -66,7 +66,7 @@ def backbone_reference(bb: BackboneConfig, seed: int) -> dict:
     name = str(bb.name_or_path)
     ref: dict = {"name_or_path": name, "revision": bb.revision}
     if is_tiny(name) or not bb.pretrained:
-        ref["random_init_seed"] = int(seed)
+        ref["random_init_seed"] = int(bb.weights_seed(seed))
         return ref
     resolved = resolve_name_or_path(name)
     if Path(resolved).is_dir():

@@ -111,7 +111,7 @@ def build_model(
         label2id=label2id,
     )
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
+        torch.manual_seed(bb.weights_seed(seed))
         loaded = bb.pretrained and not is_tiny(name)
         shared = encoder is not None
         if shared:

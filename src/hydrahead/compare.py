@@ -32,10 +32,12 @@ With ``--sort selectivity`` the rows sort by selectivity instead of the real met
 directions as the metric (lower kbits are better, so a more negative selectivity is too).
 
 **Majority-class baseline.** When completed jobs carry ``baselines.majority[<metric>]`` (the
-score of always predicting train's most frequent class), one baseline row, ``majority`` in the
-first key column and ``-`` in the others, comes *last* and never sorts: the mean over the real
-jobs (a note says so when they differ, i.e. the jobs are on different data), with controls also the
-control jobs' own majority and no selectivity. The plot draws it as a dashed grey line.
+score of always predicting train's most frequent class): its mean over the real jobs (a note says
+so when they differ, i.e. the jobs are on different data), with controls also the control jobs' own
+majority. It is never a group and never sorts: the printed table ends with a ``majority`` row
+(``majority`` in the first key column, ``-`` in the others, in italics below a line),
+``comparison.csv`` gets the columns ``majority`` (and ``control_majority``) on every row,
+``comparison.md`` a sentence under its table, and the plot a dashed grey line.
 
 Lower is better for a metric named like a loss, ``kbits`` (MDL codelengths), ``ece``, ``brier`` or
 ``nll`` (the monitor goes by ``task.mode``); higher otherwise (``mdl/compression``, accuracies).
@@ -94,12 +96,39 @@ def parse_overrides(lines: list[str]) -> dict[str, Any]:
     return parsed
 
 
+def resolved(config: dict) -> dict:
+    """The saved config with every interpolation that resolves outside Hydra resolved (the
+    ``hh.*`` defaults such as ``${hh.if_frozen:...}``); the others (``${hydra:...}``) stay as written."""
+    from omegaconf import OmegaConf
+
+    from hydrahead.config.resolvers import register_resolvers
+
+    if not config or "${" not in str(config):
+        return config
+    register_resolvers()
+    try:
+        tree = OmegaConf.create(config)
+    except Exception:
+        return config
+
+    def walk(node, path: str):
+        if isinstance(node, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+        if isinstance(node, str) and "${" in node:
+            value = OmegaConf.select(tree, path, throw_on_resolution_failure=False)
+            return node if value is None else OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        return node
+
+    return walk(config, "")
+
+
 def read_job(job_dir: Path, sweep: Path) -> dict:
     """One job, flattened for grouping: status, metrics, overrides (parsed), config, group choices.
 
     Built on :func:`hydrahead.rundir.load_run`, so it never raises on missing or damaged files.
     """
     run = load_run(job_dir)
+    run.config = resolved(run.config)
     task = run.config.get("task") if isinstance(run.config.get("task"), dict) else {}
     job: dict = {
         "dir": str(job_dir),
@@ -237,7 +266,11 @@ def find_twins(runs: list[dict]) -> dict[str, dict]:
                 break
             twin = min(
                 controls,
-                key=lambda c, r=real: (c["sweep"] != r["sweep"], c["status"] != "completed", natural_key(c["dir"])),
+                key=lambda c, r=real: (
+                    c["sweep"] != r["sweep"],
+                    c["status"] != "completed",
+                    natural_key(c["dir"]),
+                ),
             )
             controls.remove(twin)
             twins[real["dir"]], twins[twin["dir"]] = twin, real
@@ -258,7 +291,9 @@ def unpaired_reason(run: dict, twins: dict[str, dict], metric: str) -> str | Non
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    return (statistics.fmean(values) if values else None), (statistics.stdev(values) if len(values) > 1 else None)
+    return (statistics.fmean(values) if values else None), (
+        statistics.stdev(values) if len(values) > 1 else None
+    )
 
 
 def control_stats(members: list[dict], twins: dict[str, dict], metric: str) -> dict:
@@ -285,7 +320,7 @@ def control_stats(members: list[dict], twins: dict[str, dict], metric: str) -> d
 
 
 def unpaired_runs(runs: list[dict], twins: dict[str, dict], metric: str) -> list[str]:
-    """"real: DIR — no control twin" for every completed job (with the metric) in no complete pair."""
+    """One line ("real: DIR — no control twin") per completed job with the metric in no complete pair."""
     lines = []
     for run in runs:
         reason = unpaired_reason(run, twins, metric) if metric_value(run, metric) is not None else None
@@ -298,7 +333,8 @@ def majority_baseline(runs: list[dict], metric: str, keys: list[str], controls: 
     """The ``majority`` baseline row: ``baselines.majority[metric]`` averaged over the completed real
     jobs (and with ``controls`` over the control jobs, into ``control_mean``); None when none has it.
 
-    ``note`` (shown in the seeds column) names the class, and says so when the jobs disagree."""
+    ``note`` (the printed row's seeds cell) names the class (``label``), and says so when the jobs
+    disagree (``spread``)."""
     found: dict[bool, list[tuple[float, str]]] = {False: [], True: []}
     for run in runs:
         majority = run["baselines"].get("majority") if run["status"] == "completed" else None
@@ -310,10 +346,9 @@ def majority_baseline(runs: list[dict], metric: str, keys: list[str], controls: 
     values = [v for v, _ in found[False]]
     control_values = [v for v, _ in found[True]]
     labels = sorted({label for _, label in found[False]}, key=natural_key)
-    note = "baseline: majority class" + (f" {labels[0]!r} of train" if len(labels) == 1 else " of train")
+    label = f" {labels[0]!r}" if len(labels) == 1 else ""
     differ = len(set(values)) > 1
-    if differ:
-        note += f"; differs across jobs ({min(values):.4f}-{max(values):.4f}): mean shown"
+    spread = f"; the jobs differ ({min(values):.4f}-{max(values):.4f}): mean shown" if differ else ""
     mean, std = _mean_std(values)
     control_mean, control_std = _mean_std(control_values)
     return {
@@ -334,7 +369,9 @@ def majority_baseline(runs: list[dict], metric: str, keys: list[str], controls: 
         "running": None,
         "missing": None,
         "seeds": [],
-        "note": note,
+        "note": f"baseline: majority class{label} of train{spread}",
+        "label": label.strip(),
+        "spread": spread,
     }
 
 
@@ -352,7 +389,7 @@ class Comparison:
     controls: bool = False
     """Control-task mode: rows pair real and control jobs and report selectivity."""
     baseline: dict | None = None
-    """The majority-class row (never in ``rows``, never sorted; shown last), or None."""
+    """The majority-class baseline (never in ``rows``, never sorted; printed as the last row), or None."""
     unpaired: list[str] = field(default_factory=list)
     """With controls: one line per completed job in no complete pair, with the reason."""
     sort: str = "metric"
@@ -470,18 +507,49 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def table_rows(comp: Comparison, full_precision: bool = False) -> tuple[list[str], list[list[str]]]:
+def _count(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def table_rows(
+    comp: Comparison, full_precision: bool = False, baseline_row: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """The header and the cells of every row; ``baseline_row``: the majority row (if any) last.
+
+    ``full_precision`` (the CSV): repr() of the floats, ``missing`` always, with controls the column
+    names of :data:`CONTROL_CSV_COLUMNS`, and with a baseline the columns ``majority`` (and
+    ``control_majority``) last, the same on every row.
+    """
     header = [*comp.keys] if comp.keys else ["group"]
-    header += [f"{comp.metric} mean", "std", "n", "failed", "running"]
+    if comp.controls and full_precision:
+        header += CONTROL_CSV_COLUMNS
+    elif comp.controls:
+        header += [f"{comp.metric} real", "std", "control", "std", "selectivity", "std", "pairs"]
+        header += ["real n", "control n", "unpaired", "failed", "running"]
+    else:
+        header += [f"{comp.metric} mean", "std", "n", "failed", "running"]
     header += ["missing"] if comp.show_missing or full_precision else []
     header += ["seeds"]
+    majority: list[str] = []  # the baseline's fields that the CSV repeats on every row
+    if full_precision and comp.baseline:
+        majority = ["mean", "control_mean"] if comp.controls else ["mean"]
+        header += ["majority", "control_majority"] if comp.controls else ["majority"]
     body = []
-    for row in comp.rows:
-        cells = [*row["keys"].values()] if comp.keys else ["all"]
-        fmt = (lambda v: "" if v is None else repr(v)) if full_precision else _num
-        cells += [fmt(row["mean"]), fmt(row["std"]), str(row["n"]), str(row["failed"]), str(row["running"])]
-        cells += [str(row["missing"])] if comp.show_missing or full_precision else []
-        cells += [" ".join(row["seeds"])]
+    fmt = (lambda v: "" if v is None else repr(v)) if full_precision else _num
+    for row in [*comp.rows, *([comp.baseline] if comp.baseline and baseline_row else [])]:
+        cells = [*row["keys"].values()] if comp.keys else [row.get("baseline") or "all"]
+        cells += [fmt(row["mean"]), fmt(row["std"])]
+        if comp.controls:
+            cells += [
+                fmt(row[k]) for k in ("control_mean", "control_std", "selectivity_mean", "selectivity_std")
+            ]
+            counts = ("pairs", "real_n", "control_n", "unpaired", "failed", "running")
+        else:
+            counts = ("n", "failed", "running")
+        cells += [_count(row[k]) for k in counts]
+        cells += [_count(row["missing"])] if comp.show_missing or full_precision else []
+        cells += [row.get("note") or " ".join(row["seeds"])]
+        cells += [fmt(comp.baseline[k]) for k in majority]
         body.append(cells)
     return header, body
 
@@ -490,7 +558,27 @@ def _title(comp: Comparison) -> str:
     names = [Path(s).name for s in comp.sweeps]
     sweeps = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
     better = "higher" if comp.descending else "lower"
+    if comp.controls:
+        return (
+            f"{comp.metric}: real vs control task, selectivity = real − control; mean ± std over seeds "
+            f"({better} is better) — {sweeps}"
+        )
     return f"{comp.metric}: mean ± std over seeds ({better} is better) — {sweeps}"
+
+
+def baseline_text(comp: Comparison) -> str:
+    """The majority baseline in a sentence (under the md table; the printed table's caption)."""
+    row = comp.baseline or {}
+    label = f" {row['label']}" if row.get("label") else ""
+    text = (
+        f"Baseline, not a job: always predicting train's majority class{label} scores {comp.metric} "
+        f"{_num(row.get('mean'))} ({row.get('real_n', 0)} real jobs{row.get('spread', '')})"
+    )
+    if comp.controls:
+        text += (
+            f"; on the control task {_num(row.get('control_mean'))} ({row.get('control_n', 0)} control jobs)"
+        )
+    return text + "."
 
 
 def _problems(comp: Comparison) -> list[str]:
@@ -506,7 +594,8 @@ def _problems(comp: Comparison) -> list[str]:
 
 def write_csv(comp: Comparison, path: Path) -> None:
     header, body = table_rows(comp, full_precision=True)
-    header[len(comp.keys or ["group"])] = "mean"
+    if not comp.controls:
+        header[len(comp.keys or ["group"])] = "mean"
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["metric", *header])
@@ -526,6 +615,11 @@ def write_markdown(comp: Comparison, path: Path) -> None:
         "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|",
     ]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+    if comp.baseline:
+        lines += ["", baseline_text(comp)]
+    if comp.unpaired:
+        lines += ["", "Not paired (in the means of their kind, not in selectivity):", ""]
+        lines += [f"- {p}" for p in comp.unpaired]
     problems = _problems(comp)
     if problems:
         lines += ["", "Not completed:", ""] + [f"- {p}" for p in problems]
@@ -536,18 +630,25 @@ def print_table(comp: Comparison) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    header, body = table_rows(comp)
+    header, body = table_rows(comp, baseline_row=True)
     table = Table(title=_title(comp))
     nkeys = len(comp.keys or ["group"])
     for i, name in enumerate(header):
         table.add_column(name, justify="right" if nkeys <= i and name != "seeds" else "left")
-    for cells, row in zip(body, comp.rows):
+    for cells, row in zip(body, [*comp.rows, comp.baseline]):
+        if row.get("baseline"):  # set apart below a line, in italics
+            table.add_section()
+            table.add_row(*cells, style="italic")
+            table.caption = baseline_text(comp)
+            continue
         style = "red" if row["failed"] and not row["n"] else None
         table.add_row(*cells, style=style)
     console = Console()
     if not console.is_terminal:  # a pipe or a log file: the table at its natural width, never cropped
         console = Console(width=max(console.width, 200))
     console.print(table)
+    for line in comp.unpaired:
+        console.print(f"not paired: {line}", style="yellow", highlight=False, markup=False)
     for line in _problems(comp):
         console.print(
             line,
@@ -566,78 +667,150 @@ def plot_kind(comp: Comparison) -> tuple[str, str | None, list[str]]:
     return ("line" if numeric else "bar"), x, [k for k in comp.keys if k != x]
 
 
-def write_plot(comp: Comparison, path: Path) -> str:
-    """The PNG; returns the kind drawn ("line" or "bar")."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    kind, x_key, series_keys = plot_kind(comp)
+def _series(comp: Comparison, series_keys: list[str]) -> dict[str, list[dict]]:
+    """Series label -> its rows (one series, label "", when there are no series keys)."""
     series: dict[str, list[dict]] = {}
     for row in comp.rows:
         label = ", ".join(
             row["keys"][k] if len(series_keys) == 1 else f"{k}={row['keys'][k]}" for k in series_keys
         )
         series.setdefault(label, []).append(row)
-    fig, ax = plt.subplots(figsize=(min(24.0, max(6.0, 1.2 * len(comp.rows) + 2)), 4.8))
-    if kind == "line":
-        for label, rows in series.items():
-            rows = sorted((r for r in rows if r["mean"] is not None), key=lambda r: r["raw"][x_key])
-            if not rows:
+    return series
+
+
+def _label(series: str, variant: str | None) -> str | None:
+    """A legend entry: the series, and with controls which kind ("real", "control")."""
+    if variant is None:
+        return series or None
+    if variant == "real":
+        return series or "real"
+    return f"{series}, {variant}" if series else variant
+
+
+def _draw_lines(ax, comp: Comparison, series: dict[str, list[dict]], x_key: str, fields: list[tuple]) -> None:
+    """One line per series and field ``(mean key, std key, variant, style)``; a series keeps its colour."""
+    for i, (label, rows) in enumerate(series.items()):
+        for mean, std, variant, style in fields:
+            points = sorted((r for r in rows if r[mean] is not None), key=lambda r: r["raw"][x_key])
+            if not points:
                 continue
             ax.errorbar(
-                [r["raw"][x_key] for r in rows],
-                [r["mean"] for r in rows],
-                yerr=[r["std"] or 0.0 for r in rows],
+                [r["raw"][x_key] for r in points],
+                [r[mean] for r in points],
+                yerr=[r[std] or 0.0 for r in points],
                 marker="o",
                 capsize=4,
-                label=label or None,
+                color=f"C{i}",
+                label=_label(label, variant),
+                **style,
             )
-        xs = sorted({row["raw"][x_key] for row in comp.rows})
-        if xs and xs[0] > 0 and xs[-1] / xs[0] > 20:  # learning rates, batch sizes: a log axis
-            ax.set_xscale("log")
-        if len(xs) <= 20:
-            ax.set_xticks(xs, [format_value(x) for x in xs])
-        ax.set_xlabel(x_key)
+    xs = sorted({row["raw"][x_key] for row in comp.rows})
+    if xs and xs[0] > 0 and xs[-1] / xs[0] > 20:  # learning rates, batch sizes: a log axis
+        ax.set_xscale("log")
+    if len(xs) <= 20:
+        ax.set_xticks(xs, [format_value(x) for x in xs])
+    ax.set_xlabel(x_key)
+
+
+def _draw_bars(
+    ax, comp: Comparison, series: dict[str, list[dict]], x_key: str | None, fields: list[tuple]
+) -> None:
+    """Bars with std error bars: per category one bar per series and field, a series keeps its colour."""
+    if len(series) <= 1:  # one series: bars in the table's (metric) order
+        categories = [row["keys"][x_key] if x_key else "all" for row in comp.rows]
     else:
-        if len(series) <= 1:  # one series: bars in the table's (metric) order
-            categories = [row["keys"][x_key] if x_key else "all" for row in comp.rows]
-        else:
-            categories = sorted({row["keys"][x_key] for row in comp.rows}, key=natural_key)
-        width = 0.8 / max(1, len(series))
-        for i, (label, rows) in enumerate(series.items()):
-            by_cat = {(r["keys"][x_key] if x_key else "all"): r for r in rows}
+        categories = sorted({row["keys"][x_key] for row in comp.rows}, key=natural_key)
+    width = 0.8 / max(1, len(series) * len(fields))
+    for i, (label, rows) in enumerate(series.items()):
+        by_cat = {(r["keys"][x_key] if x_key else "all"): r for r in rows}
+        for f, (mean, std, variant, style) in enumerate(fields):
+            slot = i * len(fields) + f
             pos, means, errs = [], [], []
             for j, cat in enumerate(categories):
                 row = by_cat.get(cat)
-                if row and row["mean"] is not None:
-                    pos.append(j - 0.4 + width * (i + 0.5))
-                    means.append(row["mean"])
-                    errs.append(row["std"] or 0.0)
-            ax.bar(pos, means, width, yerr=errs, capsize=4, label=label or None)
-        ticks = categories
-        if len(series) <= 1:
-            ticks = [
-                f"{c}\nn={r['n']}"
-                + (f"\n{r['failed']} failed" if r["failed"] else "")
-                + (f"\n{r['running']} running" if r["running"] else "")
-                for c, r in zip(categories, comp.rows)
-            ]
-        ax.set_xticks(
-            range(len(categories)),
-            ticks,
-            rotation=0 if len(categories) <= 6 else 30,
-            ha="center" if len(categories) <= 6 else "right",
+                if row and row[mean] is not None:
+                    pos.append(j - 0.4 + width * (slot + 0.5))
+                    means.append(row[mean])
+                    errs.append(row[std] or 0.0)
+            ax.bar(
+                pos, means, width, yerr=errs, capsize=4, color=f"C{i}", label=_label(label, variant), **style
+            )
+    ticks = categories
+    if len(series) <= 1:
+        ticks = [
+            f"{c}\nn={r['n']}"
+            + (f"\n{r['failed']} failed" if r["failed"] else "")
+            + (f"\n{r['running']} running" if r["running"] else "")
+            for c, r in zip(categories, comp.rows)
+        ]
+    ax.set_xticks(
+        range(len(categories)),
+        ticks,
+        rotation=0 if len(categories) <= 6 else 30,
+        ha="center" if len(categories) <= 6 else "right",
+    )
+    ax.set_xlabel(x_key or "")
+
+
+def write_plot(comp: Comparison, path: Path) -> str:
+    """The PNG; returns the kind drawn ("line" or "bar").
+
+    With controls two panels: the metric (real solid, control dashed or hatched in the same colour)
+    and selectivity. The majority baseline is a dashed grey line on the metric's panel.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    with matplotlib.rc_context({"text.parse_math": False}):  # "$" in a label is text, not TeX
+        return _draw(comp, path)
+
+
+def _draw(comp: Comparison, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    kind, x_key, series_keys = plot_kind(comp)
+    series = _series(comp, series_keys)
+    control_style = {"linestyle": "--", "mfc": "none"} if kind == "line" else {"alpha": 0.45, "hatch": "//"}
+    panels = [
+        (
+            comp.metric,
+            [("mean", "std", "real" if comp.controls else None, {})]
+            + ([("control_mean", "control_std", "control", control_style)] if comp.controls else []),
         )
-        ax.set_xlabel(x_key or "")
-    if not any(row["mean"] is not None for row in comp.rows):
-        ax.text(0.5, 0.5, "no completed runs yet", ha="center", va="center", transform=ax.transAxes)
-    if 1 < len(series) <= 12:  # an Optuna search (every job its own point) gets no legend: use --by
-        ax.legend(title=", ".join(series_keys), fontsize="small")
-    ax.set_ylabel(comp.metric)
-    ax.set_title(_title(comp), fontsize="medium", wrap=True)
-    ax.grid(axis="y", alpha=0.3)
+    ]
+    if comp.controls:
+        panels.append(
+            (
+                f"selectivity ({comp.metric}: real − control)",
+                [("selectivity_mean", "selectivity_std", None, {})],
+            )
+        )
+    width = min(24.0, max(6.0, 1.2 * len(comp.rows) + 2))
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4.8), squeeze=False)
+    for ax, (ylabel, fields) in zip(axes[0], panels):
+        if kind == "line":
+            _draw_lines(ax, comp, series, x_key, fields)
+        else:
+            _draw_bars(ax, comp, series, x_key, fields)
+        if not any(row[fields[0][0]] is not None for row in comp.rows):
+            ax.text(0.5, 0.5, "no completed runs yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    ax = axes[0][0]
+    baseline = comp.baseline or {}
+    if baseline.get("mean") is not None:
+        ax.axhline(baseline["mean"], linestyle="--", color="grey", label="majority class")
+    if baseline.get("control_mean") is not None:
+        ax.axhline(baseline["control_mean"], linestyle=":", color="grey", label="majority class (control)")
+    if comp.controls:
+        axes[0][1].axhline(0.0, color="black", linewidth=0.8)
+    # an Optuna search (every job its own point) gets no legend: use --by
+    if 1 < len(series) <= 12 or (len(series) <= 12 and (comp.controls or comp.baseline)):
+        ax.legend(title=", ".join(series_keys) or None, fontsize="small")
+    if comp.controls:
+        fig.suptitle(_title(comp), fontsize="medium", wrap=True)
+    else:
+        ax.set_title(_title(comp), fontsize="medium", wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -650,6 +823,7 @@ def run_compare(
     by: list[str] | None = None,
     out: str | Path | None = None,
     show: bool = True,
+    sort: str = "metric",
 ) -> Comparison:
     """collect -> compare -> write csv/md/png (-> print). Raises CompareError when there is nothing."""
     runs = collect_runs(dirs)
@@ -658,7 +832,7 @@ def run_compare(
             f"no runs under {', '.join(map(str, dirs))} (no directory with .hydra/ or metrics.json)"
         )
     sweeps = [str(Path(d).expanduser().resolve()) for d in dirs]
-    comp = compare(runs, metric, by, sweeps=sweeps)
+    comp = compare(runs, metric, by, sweeps=sweeps, sort=sort)
     out_dir = Path(out).expanduser().resolve() if out else Path(sweeps[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, png_path = (out_dir / name for name in OUTPUT_NAMES)

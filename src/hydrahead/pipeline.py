@@ -340,7 +340,7 @@ def shared_frozen(typed: TrainConfig, labels: list[str] | None, trainer_args: di
             "data": dataclasses.asdict(data),
             "task": typed.task.name,
             "labels": labels,
-            "seed": typed.seed if random_weights else None,
+            "seed": bb.weights_seed(typed.seed) if random_weights else None,
             "cache_dir": typed.paths.cache_dir,  # data files are in "data", resolved
             "autocast": str(autocast),
             "gpu": on_gpu,

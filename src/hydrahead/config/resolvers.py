@@ -25,13 +25,20 @@ def mkdir(path: str) -> str:
     return path
 
 
+def if_frozen(freeze, frozen_value, trainable_value):
+    """``frozen_value`` when the whole backbone is frozen (``backbone.freeze=true``), else the other:
+    the shipped defaults that differ between training a probe and fine-tuning."""
+    return frozen_value if freeze is True else trainable_value
+
+
 def register_resolvers() -> None:
     """Resolvers the shipped configs use (idempotent).
 
     ``hh.root``: where outputs/ and data/ live. ``hh.uid``: the invocation id (stable across the
     processes of one launch); ``hh.token``: fresh random hex per use. ``hh.job_subdir``: a sweep
     job's directory name. ``hh.direction``: task.mode (max/min) as an optimizer direction.
-    ``hh.mkdir``: a directory path, created on first use.
+    ``hh.mkdir``: a directory path, created on first use. ``hh.if_frozen``: one value for a
+    frozen backbone, another for a trainable one (``${hh.if_frozen:${backbone.freeze},A,B}``).
     """
     from hydrahead.utils.paths import project_root
 
@@ -42,6 +49,7 @@ def register_resolvers() -> None:
         "hh.job_subdir": job_subdir,
         "hh.direction": lambda mode: {"max": "maximize", "min": "minimize"}[mode],
         "hh.mkdir": mkdir,
+        "hh.if_frozen": if_frozen,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -33,7 +33,14 @@ class BackboneConfig:
     freeze: Any = False
     """true (whole backbone), false, or an int N (embeddings + bottom N layers)."""
     pretrained: bool = True
-    """false: the backbone's architecture with random weights (dry runs)."""
+    """false: the backbone's architecture with random weights (dry runs, random-encoder baselines)."""
+    init_seed: int | None = None
+    """The seed of random backbone weights (pretrained=false, tiny:); null: the run's ``seed``. Set
+    it to draw one random encoder for a sweep over seeds (the seeds then vary the probe only)."""
+
+    def weights_seed(self, seed: int) -> int:
+        """The seed random weights are drawn with in a run of ``seed``."""
+        return seed if self.init_seed is None else self.init_seed
     revision: str | None = None
     trust_remote_code: bool = False
     dtype: str | None = None

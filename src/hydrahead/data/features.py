@@ -62,7 +62,7 @@ def weights_source(backbone_cfg: BackboneConfig, model, seed: int) -> dict:
         "resize": backbone_cfg.resize_token_embeddings,
     }
     if is_tiny(name) or not backbone_cfg.pretrained:
-        source["random_init_seed"] = seed
+        source["random_init_seed"] = backbone_cfg.weights_seed(seed)
         return source
     path = Path(resolve_name_or_path(name))
     if path.is_dir():
