@@ -346,13 +346,22 @@ class FeatureBatches:
                     "labels": labels.index_select(0, rows),
                 }
                 continue
-            spans = [(int(offsets[i]), int(offsets[i + 1])) for i in index]
-            width = max(1, max(end - start for start, end in spans))
-            feats = features.new_zeros((len(index), width, *features.shape[1:]), dtype=torch.float32)
-            labs = labels.new_full((len(index), width, *labels.shape[1:]), IGNORE_INDEX)
-            for row, (start, end) in enumerate(spans):
-                feats[row, : end - start] = features[start:end].float()
-                labs[row, : end - start] = labels[start:end]
+            # Each input's rows, padded to the batch's widest (features 0, labels -100): one gather.
+            picked = torch.tensor(index)
+            starts, counts = offsets[picked], offsets[picked + 1] - offsets[picked]
+            width = max(1, int(counts.max()))
+            step = torch.arange(width)
+            real = step[None, :] < counts[:, None]  # [B, W]
+            if not len(labels):
+                feats = features.new_zeros((len(index), width, *features.shape[1:]), dtype=torch.float32)
+                labs = labels.new_full((len(index), width, *labels.shape[1:]), IGNORE_INDEX)
+                yield {"features": feats, "labels": labs}
+                continue
+            rows = (starts[:, None] + step[None, :]).clamp(max=len(labels) - 1)
+            feats = features[rows].float()
+            feats[~real] = 0.0
+            labs = labels[rows]
+            labs[~real] = IGNORE_INDEX
             yield {"features": feats, "labels": labs}
 
 
