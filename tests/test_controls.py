@@ -22,7 +22,9 @@ def positions_examples(rng: random.Random, count: int, vocab: list[str], labels:
     for _ in range(count):
         tokens = [rng.choice(vocab) for _ in range(6)]
         positions = sorted(rng.sample(range(6), 2))
-        out.append({"tokens": tokens, "word_positions": positions, "labels": [rng.choice(labels) for _ in positions]})
+        out.append(
+            {"tokens": tokens, "word_positions": positions, "labels": [rng.choice(labels) for _ in positions]}
+        )
     return out
 
 

@@ -68,7 +68,17 @@ def test_a_uniform_probe_codes_at_exactly_the_uniform_codelength(task):
 
 def test_blocks_follow_the_fractions_and_never_are_empty():
     assert block_ends(4000, [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.25, 12.5, 25, 50, 100]) == [
-        4, 8, 16, 32, 64, 128, 250, 500, 1000, 2000, 4000
+        4,
+        8,
+        16,
+        32,
+        64,
+        128,
+        250,
+        500,
+        1000,
+        2000,
+        4000,
     ]
     assert block_ends(100, [0.1, 0.2, 50, 100]) == [1, 50, 100]
     assert sorted(fixed_order(50, 3)) == list(range(50)) and fixed_order(50, 3) == fixed_order(50, 3)

@@ -116,7 +116,13 @@ def resolved(config: dict) -> dict:
             return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
         if isinstance(node, str) and "${" in node:
             value = OmegaConf.select(tree, path, throw_on_resolution_failure=False)
-            return node if value is None else OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            return (
+                node
+                if value is None
+                else OmegaConf.to_container(value)
+                if OmegaConf.is_config(value)
+                else value
+            )
         return node
 
     return walk(config, "")

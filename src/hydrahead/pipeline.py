@@ -11,11 +11,11 @@ validate (before any weights load) -> data -> model -> Lightning fit -> evaluate
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -479,7 +479,9 @@ def _fit_lightning(
         encoder=shared.encoder if shared else None,
     )
     if shared:
-        splits = select(shared.payload, model.layer_indices, typed.head.pooling, data.level, shared.row_labels)
+        splits = select(
+            shared.payload, model.layer_indices, typed.head.pooling, data.level, shared.row_labels
+        )
         train_on, has_test = FeatureDataModule(shared.encoded, splits), "test" in splits
     else:
         train_on, has_test = datamodule, datamodule.has_test

@@ -9,6 +9,7 @@ before any weights load. Importing this module is cheap (no torch, no transforme
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ class BackboneConfig:
     def weights_seed(self, seed: int) -> int:
         """The seed random weights are drawn with in a run of ``seed``."""
         return seed if self.init_seed is None else self.init_seed
+
     revision: str | None = None
     trust_remote_code: bool = False
     dtype: str | None = None
@@ -125,7 +127,7 @@ class TaskConfig:
         if (
             not fractions
             or fractions[-1] != 100
-            or any(b <= a for a, b in zip(fractions, fractions[1:]))
+            or any(b <= a for a, b in itertools.pairwise(fractions))
             or fractions[0] <= 0
         ):
             raise ConfigError(

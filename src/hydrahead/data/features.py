@@ -277,7 +277,9 @@ def row_labels(data: EncodedData) -> dict[str, torch.Tensor]:
             out[split] = torch.tensor([f["labels"] for f in features], dtype=dtype)
             continue
         rows = [row for f in features for row in f["labels"]]
-        labels = torch.tensor(rows, dtype=dtype).reshape(len(rows), *([data.num_labels] if dtype != torch.long else []))
+        labels = torch.tensor(rows, dtype=dtype).reshape(
+            len(rows), *([data.num_labels] if dtype != torch.long else [])
+        )
         out[split] = labels[_rows_kept(labels, data.task)] if len(rows) else labels
     return out
 
@@ -294,10 +296,11 @@ def select(
         features = data["features"]
         if level == "sequence":
             features = features[pooling_index(pooling)]
-        rows = labels[split] if labels is not None else data["labels"].clone()  # copies: the mapping
-        if len(rows) != int(data["offsets"][-1]):  # can be released
+        rows = labels[split] if labels is not None else data["labels"].clone()
+        held_rows = int(data["offsets"][-1])  # (copies: the entry's mapping can be released)
+        if len(rows) != held_rows:
             raise RuntimeError(
-                f"feature cache entry: {split} has {int(data['offsets'][-1])} rows, the data {len(rows)} labels"
+                f"feature cache entry: {split} has {held_rows} rows, the data {len(rows)} labels"
             )
         splits[split] = {
             "features": features.index_select(0, pick).movedim(0, -2).contiguous(),

@@ -107,7 +107,9 @@ def online_codelength(blocks: list[list[int]], train: dict, num_labels: int, tas
     """
     first = subset(train, blocks[0])
     first_bits = uniform_bits(items_in(first), num_labels, task)
-    rows = [{"inputs": len(blocks[0]), "items": items_in(first), "kbits": first_bits / 1000, "code": "uniform"}]
+    rows = [
+        {"inputs": len(blocks[0]), "items": items_in(first), "kbits": first_bits / 1000, "code": "uniform"}
+    ]
     online, sent = first_bits, list(blocks[0])
     for index, block in enumerate(blocks[1:], start=1):
         probe, info = fit(list(sent), index)
@@ -162,7 +164,9 @@ def online_code(model, splits: dict, data, typed, trainer_args: dict) -> dict:
             },
         )
         block_splits = {"train": subset(train, fit_on), "validation": subset(train, check_on)}
-        trainer = HeadTrainer(probe, block_splits, block_data, probe_typed, None, {}, trainer_args, quiet=True)
+        trainer = HeadTrainer(
+            probe, block_splits, block_data, probe_typed, None, {}, trainer_args, quiet=True
+        )
         device = trainer.device
         result = trainer.fit()
         probe.to(device)

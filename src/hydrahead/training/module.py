@@ -101,7 +101,12 @@ class HeadModule(L.LightningModule):
         labels = [model.config.id2label[i] for i in range(num_labels)]
         self.val_entities = self.test_entities = None
         # A control task's tags are random per word type: entity metrics would mean nothing.
-        if model.config.level == "token" and task.name == "multiclass" and is_bio(labels) and not task.control:
+        if (
+            model.config.level == "token"
+            and task.name == "multiclass"
+            and is_bio(labels)
+            and not task.control
+        ):
             self.val_entities = EntityMetrics(labels, seqeval_strict)
             self.test_entities = EntityMetrics(labels, seqeval_strict)
 
