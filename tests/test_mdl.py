@@ -138,6 +138,8 @@ def test_learnable_labels_compress_and_noise_does_not(mdl_runs):
     assert real["compression"] > 2.0, real
     assert noise["compression"] <= 1.05, noise
     assert mdl_runs["real"]["metrics"]["mdl/compression"] == real["compression"]
+    blocks = [mdl_runs["real"]["metrics"][f"mdl/block_{i:02d}_kbits"] for i in range(len(real["blocks"]))]
+    assert sum(blocks) == pytest.approx(real["online_kbits"])
     assert mdl_runs["real"]["metrics"]["val/acc"] > 0.9  # the final probe, trained on all of train
 
 

@@ -184,6 +184,8 @@ class HeadTrainer:
         model = self.model
         was_training = model.training
         model.eval()
+        # A probe nothing resumes, picked on its loss (an MDL block's), needs no other metric.
+        loss_only = self.checkpoints is None and self.task.monitor.endswith("/loss")
         metrics = build_metrics(self.task.name, model.config.num_labels, self.task.threshold).to(self.device)
         entities = EntityMetrics(self.labels, self.typed.data.seqeval_strict) if self.bio else None
         batches = self._batches(split, train=False)
@@ -199,6 +201,8 @@ class HeadTrainer:
             size = batch["labels"].shape[0]
             loss_sum += out.loss.detach().double().cpu() * size
             weight += size
+            if loss_only:
+                continue
             preds, labels = flatten_for_metrics(out.logits, batch["labels"], self.task.name)
             kept_preds.append(preds)
             kept_labels.append(labels)
@@ -209,6 +213,8 @@ class HeadTrainer:
             metrics.update(torch.cat(kept_preds), labels)
         model.train(was_training)
         results = {f"{stage}/loss": float(loss_sum / max(weight, 1))}
+        if loss_only:
+            return results
         results.update({f"{stage}/{k}": float(v) for k, v in metrics.compute().items()})
         if entities is not None:
             results.update({f"{stage}/{k}": float(v) for k, v in entities.compute().items()})
@@ -365,19 +371,20 @@ class HeadTrainer:
                         wait += 1
                     if stopping.enabled and wait >= stopping.patience and not last_epoch:
                         stopped_early = True
-                self._save(
-                    "last",
-                    {
-                        **self._base_state(epoch, step),
-                        "optimizer_states": [optimizer.state_dict()],
-                        "lr_schedulers": [scheduler.state_dict()],
-                        "rng_state": _rng_state(),
-                        "best_score": best_score,
-                        "best_epoch": best_epoch,
-                        "stop_best": stop_best,
-                        "wait": wait,
-                    },
-                )
+                if self.checkpoints is not None:  # in memory (a probe nothing resumes): no last
+                    self._save(
+                        "last",
+                        {
+                            **self._base_state(epoch, step),
+                            "optimizer_states": [optimizer.state_dict()],
+                            "lr_schedulers": [scheduler.state_dict()],
+                            "rng_state": _rng_state(),
+                            "best_score": best_score,
+                            "best_epoch": best_epoch,
+                            "stop_best": stop_best,
+                            "wait": wait,
+                        },
+                    )
                 if stopped_early:
                     log.log(
                         logging.DEBUG if self.quiet else logging.INFO,

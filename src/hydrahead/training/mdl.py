@@ -197,6 +197,8 @@ def online_code(model, splits: dict, data, typed, trainer_args: dict) -> dict:
         "mdl/online_kbits": result["online_kbits"],
         "mdl/uniform_kbits": result["uniform_kbits"],
         "mdl/compression": result["compression"],
+        # each block's codelength (block 0: the uniform code), for W&B and hydrahead-compare --metric
+        **{f"mdl/block_{i:02d}_kbits": block["kbits"] for i, block in enumerate(result["blocks"])},
     }
     log.info(
         "MDL online code: %.2f kbits (uniform %.2f kbits), compression %.2f, in %.1f s",
