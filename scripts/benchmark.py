@@ -734,6 +734,7 @@ def row_cluster(args) -> dict:
 
 
 MDL_HEADS = ("[]", "[1024,1024]")
+MDL_REPEATS = 3  # each command; the medians are reported
 
 
 def row_mdl(args) -> dict:
@@ -756,19 +757,28 @@ def row_mdl(args) -> dict:
             *extra,
         )
 
+    import statistics
+
     warm = timed(cmd("warm", "[]"), root / "warm.log")
-    result: dict = {"warm_up_s": warm["wall_s"], "heads": {}}
+    result: dict = {"warm_up_s": warm["wall_s"], "repeats": MDL_REPEATS, "heads": {}}
     for hidden in MDL_HEADS:
         side = {}
-        for kind, extra in (("plain", ()), ("mdl", ("task.mdl=online",))):
-            name = f"{kind}-{compact(json.loads(hidden))}"
-            run = timed(cmd(name, hidden, *extra), root / f"{name}.log")
-            record = json.loads((root / "outputs" / name / "metrics.json").read_text())
+        tries: dict[str, list] = {"plain": [], "mdl": []}
+        for attempt in range(MDL_REPEATS):  # alternating, so drift on the machine hits both sides
+            for kind, extra in (("plain", ()), ("mdl", ("task.mdl=online",))):
+                name = f"{kind}-{hidden.strip('[]').replace(',', 'x') or 'linear'}-{attempt}"
+                run = timed(cmd(name, hidden, *extra), root / f"{name}.log")
+                record = json.loads((root / "outputs" / name / "metrics.json").read_text())
+                tries[kind].append((run, record))
+        for kind, runs in tries.items():
+            walls = [run["wall_s"] for run, _ in runs]
+            record = runs[0][1]
             side[kind] = {
-                "wall_s": run["wall_s"],
-                "command": run["command"],
-                "train_s": record["train_s"],
-                "mdl_s": record.get("mdl", {}).get("time_s"),
+                "wall_s": statistics.median(walls),
+                "walls_s": walls,
+                "command": runs[0][0]["command"],
+                "train_s": statistics.median(r["train_s"] for _, r in runs),
+                "mdl_s": statistics.median(r["mdl"]["time_s"] for _, r in runs) if "mdl" in record else None,
                 "val_acc": record["metrics"]["val/acc"],
                 "compression": record["metrics"].get("mdl/compression"),
                 "online_kbits": record["metrics"].get("mdl/online_kbits"),
@@ -1021,7 +1031,7 @@ def report(results: dict, args) -> None:
         for hidden, side in results["g"]["heads"].items():
             plain, mdl = side["plain"], side["mdl"]
             console.print(
-                f"  (g) head.hidden_layers={hidden}: plain run {plain['wall_s']:.1f} s (train "
+                f"  (g) head.hidden_layers={hidden}, median of {results['g']['repeats']}: plain run {plain['wall_s']:.1f} s (train "
                 f"{plain['train_s']:.2f} s), with task.mdl=online {mdl['wall_s']:.1f} s (train "
                 f"{mdl['train_s']:.2f} s + online code {mdl['mdl_s']:.2f} s): whole command "
                 f"{side['wall_ratio']:.2f}x, head compute {side['compute_ratio']:.2f}x; compression "

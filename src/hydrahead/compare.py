@@ -791,7 +791,10 @@ def _draw(comp: Comparison, path: Path) -> str:
                 [("selectivity_mean", "selectivity_std", None, {})],
             )
         )
-    width = min(24.0, max(6.0, 1.2 * len(comp.rows) + 2))
+    if kind == "line":  # one point per x value: the width follows the x axis, not the row count
+        width = min(12.0, max(6.0, 0.6 * len({row["raw"][x_key] for row in comp.rows}) + 4))
+    else:
+        width = min(24.0, max(6.0, 1.2 * len(comp.rows) + 2))
     fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4.8), squeeze=False)
     for ax, (ylabel, fields) in zip(axes[0], panels):
         if kind == "line":

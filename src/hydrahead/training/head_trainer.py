@@ -79,6 +79,16 @@ def _limit(limit, count: int) -> int:
     return min(count, int(limit))
 
 
+def head_mode(model, training: bool) -> None:
+    """Train or eval mode for the head's modules only. On cached features the frozen backbone never
+    runs (and stays in eval); walking its hundreds of modules at every evaluation would cost more
+    than evaluating a small head."""
+    model.training = training
+    for name, child in model.named_children():
+        if name != "backbone":
+            child.train(training)
+
+
 def _rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
@@ -183,7 +193,7 @@ class HeadTrainer:
         """``<stage>/loss`` (mean over batches weighted by batch size, as Lightning logs it) and metrics."""
         model = self.model
         was_training = model.training
-        model.eval()
+        head_mode(model, False)
         # A probe nothing resumes, picked on its loss (an MDL block's), needs no other metric.
         loss_only = self.checkpoints is None and self.task.monitor.endswith("/loss")
         metrics = build_metrics(self.task.name, model.config.num_labels, self.task.threshold).to(self.device)
@@ -211,7 +221,7 @@ class HeadTrainer:
         labels = torch.cat(kept_labels) if kept_labels else torch.zeros(0)
         if len(labels):  # one update: the metrics are counts, the same as batch by batch
             metrics.update(torch.cat(kept_preds), labels)
-        model.train(was_training)
+        head_mode(model, was_training)
         results = {f"{stage}/loss": float(loss_sum / max(weight, 1))}
         if loss_only:
             return results
@@ -222,11 +232,19 @@ class HeadTrainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def _head_state(self) -> dict:
-        return {
-            f"model.{k}": v.detach().cpu().clone()
-            for k, v in self.model.state_dict().items()
-            if not k.startswith("backbone.")
+        """Every weight but the backbone's (read module by module: the backbone's are never walked)."""
+        state = {
+            f"model.{name}.{k}": v.detach().cpu().clone()
+            for name, child in self.model.named_children()
+            if name != "backbone"
+            for k, v in child.state_dict().items()
         }
+        own = {
+            **dict(self.model.named_parameters(recurse=False)),
+            **dict(self.model.named_buffers(recurse=False)),
+        }
+        state.update({f"model.{k}": v.detach().cpu().clone() for k, v in own.items()})
+        return state
 
     def _save(self, name: str, state: dict) -> Path | None:
         from hydrahead.utils.atomic import atomic_path
@@ -272,7 +290,8 @@ class HeadTrainer:
         train_batches = self._batches("train", train=True)
         per_epoch = _limit(args.get("limit_train_batches"), len(train_batches))
         total = max(1, per_epoch * max_epochs)
-        model.to(self.device)
+        if any(p.device != self.device for p in model.head.parameters()):
+            model.to(self.device)
         optimizer, scheduler = build_optimizer(model, typed.optimizer, typed.scheduler, total)
         clip = args.get("gradient_clip_val")
         log_every = int(args.get("log_every_n_steps") or 50)
@@ -309,7 +328,7 @@ class HeadTrainer:
         train_seconds, samples = 0.0, 0
         stopped_early = False
         epoch = start_epoch - 1
-        model.train()
+        head_mode(model, True)
         with _Sigterm() as sigterm:
             for epoch in range(start_epoch, max_epochs):
                 train_batches.batch_sampler.set_epoch(epoch)
@@ -410,7 +429,8 @@ class HeadTrainer:
             metrics = self.evaluate("validation", "val", args.get("limit_val_batches"))
         if "test" in self.splits:
             metrics.update(self.evaluate("test", "test", args.get("limit_test_batches")))
-        model.cpu()
+        if self.device.type != "cpu":
+            model.cpu()
         return {
             "metrics": metrics,
             "best_checkpoint": str(best_path) if best_path is not None and best_path.is_file() else None,

@@ -75,9 +75,8 @@ def uniform_bits(items: int, num_labels: int, task: str) -> float:
 
 @torch.no_grad()
 def codelength_bits(model, batches, task: str, device=None) -> float:
-    """``sum -log2 p(y | x)`` over the labelled items of ``batches`` (float64 sums)."""
-    was_training = model.training
-    model.eval()
+    """``sum -log2 p(y | x)`` over the labelled items of ``batches`` (float64 sums); ``model`` in
+    eval mode."""
     total = torch.zeros((), dtype=torch.float64)
     for batch in batches:
         if device is not None:
@@ -95,7 +94,6 @@ def codelength_bits(model, batches, task: str, device=None) -> float:
                 flat[keep], target[keep].double(), reduction="sum"
             )
         total += nats.cpu()
-    model.train(was_training)
     return float(total / math.log(2))
 
 
@@ -137,7 +135,7 @@ def online_code(model, splits: dict, data, typed, trainer_args: dict) -> dict:
     from hydrahead.data.features import FeatureBatches
     from hydrahead.modeling import HydraHeadModel
 
-    from .head_trainer import HeadTrainer
+    from .head_trainer import HeadTrainer, head_mode
 
     task, start = typed.task, time.perf_counter()
     train, train_inputs = splits["train"], data.splits["train"]
@@ -169,7 +167,8 @@ def online_code(model, splits: dict, data, typed, trainer_args: dict) -> dict:
         )
         device = trainer.device
         result = trainer.fit()
-        probe.to(device)
+        if device.type != "cpu":
+            probe.to(device)
         info = {
             "train_inputs": len(fit_on),
             "heldout_inputs": held,
@@ -180,8 +179,10 @@ def online_code(model, splits: dict, data, typed, trainer_args: dict) -> dict:
 
     def bits(probe, part: dict) -> float:
         batches = FeatureBatches(part, data.level, data.eval_batch_size)
+        head_mode(probe, False)
         value = codelength_bits(probe, batches, task.name, device)
-        probe.cpu()
+        if device is not None and device.type != "cpu":
+            probe.cpu()
         return value
 
     result = online_codelength(blocks, train, model.config.num_labels, task.name, fit, bits)
