@@ -120,3 +120,20 @@ def test_data_config_sets_its_task_default_and_the_command_line_wins(tmp_path):
     assert compose_train(["data=wordnet_lemma"], tmp_path).task.name == "multilabel"
     assert compose_train(["data=wordnet_lemma", "task=multiclass"], tmp_path).task.name == "multiclass"
     assert compose_train(["data=wordnet_gloss"], tmp_path).task.name == "multiclass"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lr", "epochs"),
+    [
+        (["backbone.freeze=true"], 1e-2, 3),  # a probe: experiments/probe_defaults
+        (["backbone.freeze=false"], 1e-3, 2),
+        (["backbone.freeze=3"], 1e-3, 2),
+        (["backbone.freeze=true", "optimizer.lr=3e-3", "trainer.max_epochs=5"], 3e-3, 5),
+        (["backbone.freeze=true", "optimizer=sgd"], 0.05, 3),
+    ],
+)
+def test_probe_defaults_follow_the_backbone_freeze(overrides, lr, epochs):
+    from hydrahead import compose as compose_run
+
+    cfg = compose_run(overrides)
+    assert cfg.optimizer.lr == pytest.approx(lr) and cfg.trainer.max_epochs == epochs

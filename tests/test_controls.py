@@ -183,3 +183,18 @@ def test_a_fine_tuned_control_run_keeps_its_mapping(tmp_path):
     assert record["status"] == "completed" and record["feature_cache"].startswith("off")
     labels = json.loads((tmp_path / "run" / "labels.json").read_text())
     assert record["control"]["types"] == len(labels["control"]["mapping"]) > 10
+
+
+def test_init_seed_draws_one_random_encoder_for_every_seed(tmp_path):
+    """backbone.init_seed: the seeds of a sweep vary the probe, not the random encoder (one pass)."""
+    from hydrahead import pipeline
+
+    pipeline._SHARED.clear()
+    args = [*FROZEN, "backbone.init_seed=0", f"paths.cache_dir={tmp_path}/c"]
+    run_job([*args, "seed=0"], tmp_path / "s0")
+    run_job([*args, "seed=1"], tmp_path / "s1")
+    first, second = read_metrics(tmp_path / "s0"), read_metrics(tmp_path / "s1")
+    assert first["feature_cache"] == "computed" and second["feature_cache"] == "memory"
+    assert first["backbone_ref"]["random_init_seed"] == second["backbone_ref"]["random_init_seed"] == 0
+    run_job([*FROZEN, f"paths.cache_dir={tmp_path}/c", "seed=1"], tmp_path / "own")  # init_seed null
+    assert read_metrics(tmp_path / "own")["feature_cache"] == "computed"  # the run's seed draws its own

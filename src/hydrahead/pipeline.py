@@ -294,12 +294,10 @@ class SharedFrozen:
     """Control variants of the data (control spec -> (labels, encoded, row_labels)) on the same features."""
 
     def variant(self, spec, typed, labels):
-        """This slot with the data relabelled by control task ``spec`` (the real task: None)."""
-        if spec is None and None in self.variants:
-            found = self.variants[None]
-        elif spec in self.variants:
-            found = self.variants[spec]
-        else:
+        """This slot with the data relabelled by control task ``spec`` (the real task: None); each
+        variant is loaded once (from the tokenized cache after its first run) and kept with the slot."""
+        found = self.variants.get(spec)
+        if found is None:
             from hydrahead.data.features import row_labels
 
             _, datamodule = _load_data(typed, labels)
