@@ -171,3 +171,19 @@ def local_bert_dir(tmp_path_factory):
     backbone.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def count_backbone_calls(monkeypatch):
+    """Every BERT forward call (tiny backbones are BERTs): how many encoder passes a test made."""
+    from transformers.models.bert import modeling_bert
+
+    calls = []
+    real = modeling_bert.BertModel.forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_bert.BertModel, "forward", counting)
+    return calls

@@ -116,20 +116,11 @@ def test_sequence_control_keyed_on_a_field(tmp_path):
         run_job([*args, f"data.train_file={tmp_path}/broken.jsonl"], tmp_path / "broken")
 
 
-def test_real_and_control_twins_share_one_encoder_pass(tmp_path, monkeypatch):
+def test_real_and_control_twins_share_one_encoder_pass(tmp_path, count_backbone_calls):
     """A control twin reads the real task's feature entry (same inputs, other labels): one pass."""
-    from transformers.models.bert import modeling_bert
-
     from hydrahead import pipeline
 
-    calls = []
-    real_forward = modeling_bert.BertModel.forward
-
-    def counting(self, *args, **kwargs):
-        calls.append(1)
-        return real_forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(modeling_bert.BertModel, "forward", counting)
+    calls = count_backbone_calls
     pipeline._SHARED.clear()
     args = [*FROZEN, "data=synthetic_positions", "head=mask_gather", f"paths.cache_dir={tmp_path}/c"]
     run_job([*args, "task.control=true"], tmp_path / "control")

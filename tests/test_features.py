@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from transformers.models.bert import modeling_bert
 
 from conftest import FAST, read_metrics, run_train
 from hydrahead.build import build_model
@@ -15,19 +14,6 @@ from hydrahead.data.features import POOLINGS, FeatureCache, compute_split, use_c
 
 FROZEN = [a for a in FAST if "limit_train" not in a] + ["backbone.freeze=true", "export=false"]
 LEVELS = {"sequence": "synthetic_sequences", "token": "synthetic_tokens", "positions": "synthetic_positions"}
-
-
-@pytest.fixture
-def count_backbone_calls(monkeypatch):
-    calls = []
-    real = modeling_bert.BertModel.forward
-
-    def counting(self, *args, **kwargs):
-        calls.append(1)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(modeling_bert.BertModel, "forward", counting)
-    return calls
 
 
 @pytest.mark.parametrize("level", sorted(LEVELS))
