@@ -154,3 +154,25 @@ def test_mdl_needs_a_frozen_backbone(tmp_path):
         run_job([*MDL, "backbone.freeze=false", "data=synthetic_sequences"], tmp_path / "run")
     with pytest.raises(ConfigError, match="task.mdl_fractions"):
         run_job([*MDL, "data=synthetic_sequences", "task.mdl_fractions=[10,50]"], tmp_path / "run2")
+
+
+@pytest.mark.parametrize(
+    ("data", "task"),
+    [
+        ("synthetic_tokens", "multiclass"),
+        ("synthetic_positions", "multiclass"),
+        ("synthetic_positions", "multilabel"),
+    ],
+)
+def test_mdl_at_every_level(data, task, tmp_path):
+    """Items are what the loss sees (labelled tokens, positions); multilabel: 1 uniform bit per label."""
+    args = [*MDL[:-1], "trainer.max_epochs=2", f"data={data}", f"task={task}", "data.num_train=200"]
+    run_job([*args, "head.pooling=cls", f"paths.cache_dir={tmp_path}/c"], tmp_path / "run")
+    record = read_metrics(tmp_path / "run")
+    mdl, labels = record["mdl"], record["labels"]
+    items = sum(block["items"] for block in mdl["blocks"])
+    assert sum(block["inputs"] for block in mdl["blocks"]) == 200
+    per_item = len(labels) if task == "multilabel" else math.log2(len(labels))
+    assert mdl["uniform_kbits"] == pytest.approx(items * per_item / 1000)
+    assert mdl["online_kbits"] == pytest.approx(sum(block["kbits"] for block in mdl["blocks"]))
+    assert (mdl["multilabel_code"] is not None) == (task == "multilabel")
