@@ -339,3 +339,27 @@ def test_killing_one_job_of_a_local_sweep_spares_the_others(tmp_path):
     assert statuses["0"] == statuses["2"] == "completed"
     runs = {run["name"].split("_")[0]: run for run in collect_runs([sweep])}
     assert runs["1"]["status"] == "failed"
+
+
+def test_only_secret_names_are_masked():
+    """A key that names a secret is masked; one that merely contains a secret-ish word is not."""
+    from hydrahead import compose
+    from hydrahead.secrets import MASK, masked_config
+
+    cfg = compose(["data=synthetic_tokens", "logger.wandb.api_key=abcdef123456"])
+    masked = masked_config(cfg)
+    assert masked["data"]["fields"]["tokens"] == "tokens"  # the token field's name, not a secret
+    assert masked["logger"]["wandb"]["api_key"] == MASK
+
+
+@pytest.mark.parametrize(
+    ("backbone", "allowed"),
+    [("tiny_bert", 128), ("tiny_roberta", 128)],  # RoBERTa: 130 embeddings, positions from padding_idx + 1
+)
+def test_max_length_beyond_the_position_embeddings_is_refused(backbone, allowed, tmp_path):
+    from hydrahead.config.schema import ConfigError
+    from hydrahead.config.validate import preflight
+
+    with pytest.raises(ConfigError, match=rf"data.max_length={allowed + 1} exceeds the {allowed} positions"):
+        preflight([f"backbone={backbone}", "data=synthetic_sequences", f"data.max_length={allowed + 1}"])
+    preflight([f"backbone={backbone}", "data=synthetic_sequences", f"data.max_length={allowed}"])

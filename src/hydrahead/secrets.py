@@ -7,7 +7,11 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-SECRET_NAME = re.compile(r"(token|secret|passw(or)?d|api_?key|credential|private_key)", re.I)
+# A secret's name has one of these words as a part of its own (HF_TOKEN, logger.wandb.api_key,
+# db_password), not inside another word (data.fields.tokens, TOKENIZERS_PARALLELISM, tokenizer).
+SECRET_NAME = re.compile(
+    r"(?:^|[^a-z0-9])(token|secret|passw(?:or)?d|api_?key|credentials?|private_?key)(?:$|[^a-z0-9])", re.I
+)
 MASK = "***"
 
 

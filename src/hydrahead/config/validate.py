@@ -82,6 +82,32 @@ def _check_controls(typed: TrainConfig) -> None:
         )
 
 
+# Encoders whose position ids start after the padding index (HF's create_position_ids_from_input_ids).
+PADDING_OFFSET_POSITIONS = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "data2vec-text",
+    "longformer",
+}
+
+
+def max_positions(config) -> int | None:
+    """The longest input, in tokens, a backbone's absolute position embeddings allow (None: no such
+    limit, e.g. DeBERTa's relative positions)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if getattr(config, "position_biased_input", True) is False:
+        return None
+    if getattr(config, "position_embedding_type", "absolute") not in (None, "absolute"):
+        return None
+    if getattr(config, "model_type", None) in PADDING_OFFSET_POSITIONS:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
+
+
 def _check_backbone(typed: TrainConfig) -> None:
     """The backbone exists and the head's layers are in its range (reads config.json, no weights)."""
     from hydrahead.backbones import load_backbone_config
@@ -103,6 +129,13 @@ def _check_backbone(typed: TrainConfig) -> None:
         resolve_layers(typed.head.layer, layers)
     except ValueError as err:
         raise ConfigError(f"{err} [backbone {bb.name_or_path}]") from None
+    limit = max_positions(config)
+    if limit is not None and typed.data.max_length > limit:
+        raise ConfigError(
+            f"data.max_length={typed.data.max_length} exceeds the {limit} positions backbone "
+            f"{bb.name_or_path} has (max_position_embeddings={config.max_position_embeddings}); "
+            f"set data.max_length={limit} or less"
+        )
     if not isinstance(bb.freeze, bool) and bb.freeze > layers:
         raise ConfigError(f"backbone.freeze={bb.freeze} exceeds the backbone's {layers} layers (0..{layers})")
 
