@@ -144,6 +144,7 @@ class HeadDataModule(L.LightningDataModule):
         self.control = control
         """A :class:`~hydrahead.data.control.ControlSpec`: train on its control task (None: the real one)."""
         self.control_record: dict | None = None
+        self._digests: dict = {}
         self.tokenizer = tokenizer
         self.task = task
         self.level = data_cfg.level
@@ -210,8 +211,8 @@ class HeadDataModule(L.LightningDataModule):
             options.pop(key, None)
         return cache.digest(
             {
-                "files": {split: cache.file_digest(path) for split, path in files.items() if path.is_file()},
-                "tokenizer": cache.tokenizer_fingerprint(self.tokenizer),
+                "files": {split: self._digest(path) for split, path in files.items() if path.is_file()},
+                "tokenizer": self._fingerprint(),
                 "labels": self.labels,
                 "task": self.task,
                 "options": options,
@@ -219,6 +220,17 @@ class HeadDataModule(L.LightningDataModule):
                 **self._control_part(control),
             }
         )
+
+    def _digest(self, path: Path) -> str:
+        """A data file's content digest, read once per data module (the keys ask for it several times)."""
+        if path not in self._digests:
+            self._digests[path] = cache.file_digest(path)
+        return self._digests[path]
+
+    def _fingerprint(self) -> str:
+        if "tokenizer" not in self._digests:
+            self._digests["tokenizer"] = cache.tokenizer_fingerprint(self.tokenizer)
+        return self._digests["tokenizer"]
 
     def _control_part(self, control: bool) -> dict:
         return {"control": self.control.as_dict()} if control and self.control is not None else {}
@@ -230,7 +242,7 @@ class HeadDataModule(L.LightningDataModule):
             return None
         options = dataclasses.asdict(self.cfg)
         parts = {
-            "train": cache.file_digest(train),
+            "train": self._digest(train),
             "fields": options.get("fields"),
             "level": self.level,
             "task": self.task,
@@ -248,7 +260,7 @@ class HeadDataModule(L.LightningDataModule):
         return cache.digest(
             {
                 "options": dataclasses.asdict(self.cfg),
-                "tokenizer": cache.tokenizer_fingerprint(self.tokenizer),
+                "tokenizer": self._fingerprint(),
                 "labels": self.labels,
                 "task": self.task,
                 **self._control_part(control),
