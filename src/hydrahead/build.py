@@ -83,6 +83,9 @@ def build_model(
     ``encoder``: an already-built backbone of this config (at least as deep as the head reads) to
     put the head on instead of loading one; the frozen-head jobs of a sweep share one. The head's
     initial weights depend on ``seed`` and the head alone, so they are the same either way.
+
+    ``adapter="lora"`` (``backbone.adapter``) wraps ``model.backbone`` (never the head) in a peft
+    LoRA adapter: see :mod:`hydrahead.adapters`.
     """
     import torch
 
@@ -136,4 +139,10 @@ def build_model(
             model.backbone.to(getattr(torch, bb.dtype) if isinstance(bb.dtype, str) else bb.dtype)
     if bb.resize_token_embeddings and not shared:
         model.resize_token_embeddings(bb.resize_token_embeddings)
+    if bb.adapter:
+        if shared:  # the adapter wraps the encoder in place: the other heads would train it too
+            raise ValueError(f"backbone.adapter={bb.adapter}: an adapter cannot go on a shared encoder")
+        from .adapters import add_adapter
+
+        add_adapter(model, bb, seed)
     return model, tokenizer

@@ -34,6 +34,8 @@ def native_head_kind(config) -> str | None:
         config.layers == [config.backbone_layers]
         and not head["hidden_layers"]
         and config.backbone_config.num_hidden_layers == config.backbone_layers
+        # HF's own heads have no temperature: a calibrated model's logits would differ
+        and getattr(config, "calibration_temperature", 1.0) == 1.0
     )
     if not standard:
         return None
@@ -65,7 +67,8 @@ def to_native(model):
     kind = native_head_kind(config)
     if kind is None:
         raise ValueError(
-            "only a standard head exports as a native HF class: a linear head (hidden_layers=[]) on the "
+            "only a standard head exports as a native HF class: an uncalibrated linear head "
+            "(hidden_layers=[], no calibration temperature) on the "
             "last layer, per token with task=multiclass, or at sequence level with pooling=pooler. "
             f"This head is level={config.level}, task={config.task}, {config.head}; export it as hydrahead"
         )
@@ -114,8 +117,17 @@ def _check_same_logits(model, native) -> float:
     return diff
 
 
+def _merged(model, copy: bool = True):
+    """``model`` with a LoRA adapter merged into its backbone's weights (a copy unless ``copy=False``):
+    the export is then a plain network that loads without peft; ``model`` itself when it has none."""
+    from hydrahead.adapters import merged
+
+    return merged(model, copy=copy)
+
+
 def export_model(model, out_dir: str | Path, tokenizer=None, native: bool = False) -> Path:
     """Write ``model`` (and ``tokenizer``) to ``out_dir``; ``native=True`` uses the backbone's HF class."""
+    model = _merged(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if native:
@@ -147,19 +159,7 @@ def export_run(
     checkpoint is what it trained so far. Raises ExportError (or ConfigError, for a checkpoint or a
     backbone whose weights changed) with one line.
     """
-    from hydrahead.backbone_ref import check_backbone_reference
-    from hydrahead.backbones import load_tokenizer
-    from hydrahead.build import build_model
-    from hydrahead.config.schema import ConfigError
-    from hydrahead.rundir import is_run_dir, load_run
-    from hydrahead.training.checkpoint import read_checkpoint
-
-    path = Path(run_dir).expanduser()
-    if not path.is_dir():
-        raise ExportError(f"{run_dir}: no such directory")
-    if not is_run_dir(path):
-        raise ExportError(f"{path} is not a run directory (it has neither .hydra/ nor metrics.json)")
-    run = load_run(path)
+    run = _load_run_dir(run_dir)
     ckpt = _checkpoint_file(run, checkpoint)
     out = Path(out).expanduser() if out else run.dir / "model"
     _check_out(out)
@@ -171,6 +171,37 @@ def export_run(
             detail,
             ckpt.name,
         )
+    model, tokenizer = rebuild_from_run(run.dir, str(ckpt))
+    return _write_export(model, tokenizer, out, native)
+
+
+def _load_run_dir(run_dir: str | Path):
+    from hydrahead.rundir import is_run_dir, load_run
+
+    path = Path(run_dir).expanduser()
+    if not path.is_dir():
+        raise ExportError(f"{run_dir}: no such directory")
+    if not is_run_dir(path):
+        raise ExportError(f"{path} is not a run directory (it has neither .hydra/ nor metrics.json)")
+    return load_run(path)
+
+
+def rebuild_from_run(run_dir: str | Path, checkpoint: str = "best"):
+    """A run's model (in eval mode) and tokenizer, rebuilt in memory from a checkpoint and its saved config.
+
+    ``checkpoint``: ``best``, ``last`` or a checkpoint file's path. A frozen run's backbone is rebuilt
+    from the source its ``backbone_ref`` names, refused if its weights changed; so are a LoRA run's
+    base weights, and its adapter comes back merged into them (no peft in the model returned).
+    Raises ExportError (or ConfigError) with one line.
+    """
+    from hydrahead.backbone_ref import check_backbone_reference
+    from hydrahead.backbones import load_tokenizer
+    from hydrahead.build import build_model
+    from hydrahead.config.schema import ConfigError
+    from hydrahead.training.checkpoint import read_checkpoint
+
+    run = _load_run_dir(run_dir)
+    ckpt = _checkpoint_file(run, checkpoint)
     state = read_checkpoint(ckpt)
     config = state.get("hyper_parameters") or {}
     if not all(isinstance(config.get(group), dict) for group in ("backbone", "head", "task", "data")):
@@ -180,7 +211,8 @@ def export_run(
         raise ExportError(f"{ckpt}: no label vocabulary in the checkpoint or {run.dir / 'labels.json'}")
     bb, head, seed = _typed_config(config, ckpt)
     head_only = bool(state.get("frozen_backbone_dropped"))
-    if head_only:
+    adapter_only = bool(state.get("adapter_only"))  # LoRA: the adapter and the head, no base weight
+    if head_only or adapter_only:
         ref = state.get("backbone_ref")
         if ref is None:
             log.warning(
@@ -229,9 +261,26 @@ def export_run(
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"backbone {bb.name_or_path!r}: cannot rebuild it ({reason})") from None
-    _load_weights(model, state["state_dict"], head_only, ckpt)
-    model.eval()
-    return _write_export(model, tokenizer, out, native)
+    _load_weights(model, state["state_dict"], head_only, ckpt, adapter_only)
+    _apply_run_record(model, run.record)
+    return _merged(model, copy=False).eval(), tokenizer
+
+
+def _apply_run_record(model, record: dict) -> None:
+    """What the run fitted after its checkpoint was written: the calibration temperature; and the
+    resolved loss options (``balanced`` weights from train's counts), so the model's loss is the run's."""
+    calibration = record.get("calibration") or {}
+    if calibration.get("temperature"):
+        model.config.calibration_temperature = float(calibration["temperature"])
+    loss = record.get("loss") or {}
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    options = {}
+    for key in ("class_weights", "pos_weight"):
+        if isinstance(loss.get(key), dict) and all(name in loss[key] for name in names):
+            options[key] = [float(loss[key][name]) for name in names]
+    if loss.get("label_smoothing"):
+        options["label_smoothing"] = float(loss["label_smoothing"])
+    model.config.loss = options
 
 
 def _checkpoint_file(run, checkpoint: str) -> Path:
@@ -273,11 +322,15 @@ def _backbone_source(name: str, run) -> str:
     return name
 
 
-def _load_weights(model, saved: dict, head_only: bool, ckpt: Path) -> None:
-    """The checkpoint's weights into ``model``: every key must fit (head-only: every non-backbone key)."""
+def _load_weights(model, saved: dict, head_only: bool, ckpt: Path, adapter_only: bool = False) -> None:
+    """The checkpoint's weights into ``model``: every key must fit (head-only: every non-backbone key;
+    adapter-only: every key but the backbone's own weights)."""
+    from hydrahead.adapters import is_base_weight
+
     weights = {k[len("model.") :]: v for k, v in saved.items() if k.startswith("model.")}
     wanted = model.state_dict()
-    missing = [k for k in wanted if k not in weights and not (head_only and k.startswith("backbone."))]
+    from_source = (lambda k: k.startswith("backbone.")) if head_only else is_base_weight
+    missing = [k for k in wanted if k not in weights and not ((head_only or adapter_only) and from_source(k))]
     unexpected = [k for k in weights if k not in wanted]
     if missing or unexpected:
         raise ExportError(
@@ -285,7 +338,7 @@ def _load_weights(model, saved: dict, head_only: bool, ckpt: Path) -> None:
             f"unexpected {unexpected[:4]}"
         )
     try:  # assign: the weights keep the dtype they were trained in
-        model.load_state_dict(weights, strict=not head_only, assign=True)
+        model.load_state_dict(weights, strict=not (head_only or adapter_only), assign=True)
     except RuntimeError as err:
         raise ExportError(f"{ckpt}: {str(err).strip().splitlines()[-1].strip()}") from None
 

@@ -169,6 +169,7 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
         tokenizer=shared.tokenizer,
         encoder=shared.encoder,
     )
+    loss_record = _loss_options(model, typed, shared.encoded, shared.labels)
     splits = select(shared.payload, model.layer_indices, typed.head.pooling, data.level, shared.row_labels)
     params_total, params_trainable = _parameter_counts(model, head_only=True)
     hparams = {**hparams_base, "labels": shared.labels}
@@ -197,7 +198,11 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
     heap = malloc.policy(typed.malloc, trains_backbone=False, on_cpu=trainer.device.type == "cpu")
     result = trainer.fit(resume=ckpt_path)
     metrics = result.pop("metrics")
-    extra = _controls_record(typed, shared.encoded, shared.labels)
+    outputs = dict(trainer.final_outputs)
+    if "validation" not in outputs and (typed.calibrate or "test" not in outputs):
+        outputs["validation"] = trainer.outputs("validation")
+    extra = {**loss_record, **_finish(model, typed, outputs, run_dir, metrics, logger)}
+    extra.update(_controls_record(typed, shared.encoded, shared.labels))
     if typed.task.mdl:
         from hydrahead.training.mdl import online_code
 
@@ -248,6 +253,35 @@ def _controls_record(typed: TrainConfig, encoded, labels: list[str]) -> dict:
     return out
 
 
+def _loss_options(model, typed: TrainConfig, encoded, labels: list[str]) -> dict:
+    """Class weights, positive weights and label smoothing resolved (``balanced``: from train's
+    counts) into the model's config, which the loss reads; returns metrics.json's ``loss`` entry."""
+    from hydrahead.training.imbalance import resolve
+
+    options, record = resolve(typed.task, encoded, labels)
+    model.config.loss = options
+    return {"loss": record} if record else {}
+
+
+def _finish(model, typed: TrainConfig, outputs: dict, run_dir: RunDir, metrics: dict, logger) -> dict:
+    """Calibrate (``calibrate=temperature``) and write the per-class, confusion and reliability reports
+    of the best model; they go to W&B too. Returns metrics.json's ``calibration`` and ``reports``."""
+    from hydrahead.training.evaluation import finish
+
+    record, files = finish(model, typed.task, typed.calibrate, outputs, run_dir.path, metrics)
+    if logger and typed.logger.name == "wandb":
+        import csv
+
+        with open(files["per_class"], newline="") as handle:
+            rows = list(csv.reader(handle))
+        logger.log_table("reports/per_class", columns=rows[0], data=rows[1:])
+        logger.log_image("reports/confusion_matrix", [str(files["confusion_png"])])
+        logger.log_image("reports/reliability", [str(files["reliability_png"])])
+    if "calibration" in record:
+        log.info("calibration: temperature %.4g", record["calibration"]["temperature"])
+    return record
+
+
 def _backbone_reference(typed) -> dict | None:
     """Where a frozen run's backbone comes from (name, revision, weight digests), for hydrahead-export."""
     try:
@@ -258,8 +292,9 @@ def _backbone_reference(typed) -> dict | None:
 
 
 def _parameter_counts(model, head_only: bool = False) -> tuple[int, int]:
-    """(total, trainable) parameters of the network the run trains; a shared backbone (``head_only``)
-    counts only up to the highest layer this head reads, as a backbone built for it alone would."""
+    """(total, trainable) parameters of the network the run trains (with an adapter: trainable is the
+    adapter's and the head's); a shared backbone (``head_only``) counts only up to the highest layer
+    this head reads, as a backbone built for it alone would."""
     from hydrahead.modeling.modeling_hydrahead import find_layer_list
 
     unread: set[int] = set()
@@ -433,7 +468,11 @@ def _load_data(typed: TrainConfig, labels: list[str] | None, control: bool = Tru
         cache_dir=typed.paths.cache_dir,
         control=spec_of(typed.task) if control else None,
     )
-    return tokenizer, datamodule.load()
+    datamodule.load()
+    from hydrahead.training.imbalance import check_lengths
+
+    check_lengths(typed.task, datamodule.labels)  # before any weights load or any encoder pass
+    return tokenizer, datamodule
 
 
 def _stat(path) -> tuple | None:
@@ -448,12 +487,14 @@ def _fit_lightning(
     cfg, typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, uncached_why, lightning_why=None
 ) -> dict:
     """A Lightning fit: on token batches, or on cached features when the head trainer cannot take the run."""
+    import torch
     from lightning.pytorch.accelerators import CPUAccelerator
 
     from hydrahead.build import build_model
     from hydrahead.data.features import FeatureDataModule, select
     from hydrahead.export import export_model
     from hydrahead.training import factories
+    from hydrahead.training.evaluation import SplitOutputs
     from hydrahead.training.module import HeadModule
     from hydrahead.utils import malloc
 
@@ -465,7 +506,8 @@ def _fit_lightning(
         shared, feature_cache = None, uncached_why
         tokenizer, datamodule = _load_data(typed, labels)
         labels = datamodule.labels
-    run_dir.write_labels(labels, (shared.encoded if shared else datamodule.encoded()).control)
+    encoded = shared.encoded if shared else datamodule.encoded()
+    run_dir.write_labels(labels, encoded.control)
     model, _ = build_model(
         bb,
         labels=labels,
@@ -476,6 +518,7 @@ def _fit_lightning(
         tokenizer=tokenizer,
         encoder=shared.encoder if shared else None,
     )
+    loss_record = _loss_options(model, typed, encoded, labels)
     if shared:
         splits = select(
             shared.payload, model.layer_indices, typed.head.pooling, data.level, shared.row_labels
@@ -514,6 +557,7 @@ def _fit_lightning(
     throughput = next(c for c in callbacks if type(c).__name__ == "Throughput")
     best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     metrics = {}
+    module.keep_outputs = True  # the best checkpoint's logits: calibration and reports read them
     for stage, evaluate in (("validate", trainer.validate), ("test", trainer.test)):
         if stage == "test" and not has_test:
             continue
@@ -521,14 +565,29 @@ def _fit_lightning(
             module, datamodule=train_on, ckpt_path="best" if best_path else None, verbose=False
         ):
             metrics.update({k: float(v) for k, v in result.items()})
+    module.keep_outputs = False
+    outputs = {
+        split: SplitOutputs(
+            torch.cat(module.kept[stage]["logits"]),
+            torch.cat(module.kept[stage]["labels"]),
+            metrics.get(f"{stage}/loss", float("nan")),
+        )
+        for split, stage in (("validation", "val"), ("test", "test"))
+        if module.kept.get(stage, {}).get("logits")
+    }
+    finished = _finish(module.model, typed, outputs, run_dir, metrics, logger)
     if typed.export is True or (typed.export == "auto" and bb.freeze is not True):
         export_model(module.model, run_dir.model_dir, tokenizer)
-    extra = _controls_record(typed, shared.encoded if shared else datamodule.encoded(), labels)
+    extra = {**loss_record, **finished, **_controls_record(typed, encoded, labels)}
     if typed.task.mdl and shared:
         from hydrahead.training.mdl import online_code
 
         extra["mdl"] = online_code(module.model, splits, shared.encoded, typed, trainer_args)
         metrics.update(extra["mdl"]["metrics"])
+    if bb.adapter:
+        from hydrahead.adapters import adapter_record
+
+        extra["adapter"] = adapter_record(module.model, bb)
     best = metrics.get(typed.task.monitor)
     if logger and typed.logger.name == "wandb":
         logger.experiment.summary.update({**metrics, "best": best})

@@ -9,6 +9,7 @@ before any weights load. Importing this module is cheap (no torch, no transforme
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,11 +29,53 @@ def _choice(key: str, value, allowed) -> None:
 
 
 @dataclass
+class LoraConfig:
+    """A LoRA adapter (Hu et al. 2021, through ``peft``), used with ``backbone.adapter=lora``."""
+
+    r: int = 8
+    """Rank of each adapted module's low-rank update ``B @ A``."""
+    alpha: float = 16
+    """Scale of the update: it is multiplied by ``alpha / r``."""
+    dropout: float = 0.1
+    """Dropout on the adapted modules' inputs (the adapter branch only), in [0, 1)."""
+    target_modules: list[str] | None = None
+    """Names (or dotted name tails, e.g. ``attention.self.query``) of the backbone's modules that get
+    an adapter; null: the attention query and value projections (peft's default for the architecture,
+    else the modules named query/value, q_lin/v_lin, q_proj/v_proj or query_proj/value_proj)."""
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ConfigError(f"backbone.lora.r={self.r} must be >= 1")
+        if self.alpha <= 0:
+            raise ConfigError(f"backbone.lora.alpha={self.alpha} must be > 0")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"backbone.lora.dropout={self.dropout} must be in [0, 1)")
+        if self.target_modules is not None and (
+            isinstance(self.target_modules, str) or not list(self.target_modules)
+        ):
+            raise ConfigError(
+                f"backbone.lora.target_modules={self.target_modules!r} must be null or a non-empty list "
+                "of module names, e.g. [query,value]"
+            )
+
+
+@dataclass
 class BackboneConfig:
     name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
     """Hub id, local directory, or ``tiny:<family>`` (random tiny encoder)."""
     freeze: Any = False
-    """true (whole backbone), false, or an int N (embeddings + bottom N layers)."""
+    """true (whole backbone), false, or an int N (embeddings + bottom N layers). With an adapter it
+    says where adapters go (see ``adapter``)."""
+    adapter: str | None = None
+    """null: the backbone's own weights train (those ``freeze`` leaves). lora: they all stay frozen and
+    a LoRA adapter (``backbone.lora``) trains instead, with the head (the head is never adapted, always
+    trains). freeze=false puts adapters on every targeted module; freeze=N none in the embeddings and
+    bottom N layers (they run without dropout, as frozen ones do); freeze=true is an error (nothing
+    left to train). The adapter turns the feature cache off (backbone.cache=on is an error).
+    Checkpoints hold the adapter and the head; the export merges the adapter into the backbone's
+    weights (a plain model that loads without peft)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """The adapter's settings with adapter=lora."""
     pretrained: bool = True
     """false: the backbone's architecture with random weights (dry runs, random-encoder baselines)."""
     init_seed: int | None = None
@@ -69,6 +112,21 @@ class BackboneConfig:
             not isinstance(self.freeze, bool) and self.freeze < 0
         ):
             raise ConfigError(f"backbone.freeze={self.freeze!r} must be true, false or a non-negative int")
+        _choice("backbone.adapter", self.adapter, (None, "lora"))
+        if isinstance(self.lora, dict):  # a saved run config, read back as plain data
+            known = {f.name for f in dataclasses.fields(LoraConfig)}
+            self.lora = LoraConfig(**{k: v for k, v in self.lora.items() if k in known})
+        if self.adapter and self.freeze is True:
+            raise ConfigError(
+                f"backbone.freeze=true with backbone.adapter={self.adapter}: the adapter only trains "
+                f"where the backbone is not frozen, so nothing would train; use backbone.freeze=false "
+                f"with backbone.adapter={self.adapter} (or backbone.freeze=N: adapters above layer N only)"
+            )
+        if self.adapter and self.cache == "on":
+            raise ConfigError(
+                f"backbone.cache=on with backbone.adapter={self.adapter}: the adapter changes the "
+                "backbone's output as it trains, so its features cannot be cached; use backbone.cache=auto"
+            )
 
 
 @dataclass
@@ -116,6 +174,16 @@ class TaskConfig:
     """Block boundaries, in percent of the train split (the paper's); the last must be 100."""
     mdl_heldout: float = 0.1
     """The fraction of each prefix held out to pick the probe's best epoch (min held-out loss)."""
+    class_weights: Any = None
+    """Multiclass cross-entropy weight per label: null (none), balanced (``n / (k * n_c)`` from
+    train's label counts, as scikit-learn's) or a list with one number per label, in label order
+    (``labels.json``)."""
+    pos_weight: Any = None
+    """Multilabel BCE weight of each label's positive term: null, balanced (``negatives / positives``
+    per label, from train) or a list with one number per label."""
+    label_smoothing: float = 0.0
+    """In [0, 1): multiclass targets mix with the uniform distribution (``CrossEntropyLoss``'s);
+    multilabel targets become ``y * (1 - s) + s / 2`` (both 0 and 1 move towards 1/2)."""
 
     def __post_init__(self):
         _choice("task.name", self.name, TASKS)
@@ -135,6 +203,24 @@ class TaskConfig:
             )
         if not 0 < self.mdl_heldout < 1:
             raise ConfigError(f"task.mdl_heldout={self.mdl_heldout} must be in (0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"task.label_smoothing={self.label_smoothing} must be in [0, 1)")
+        for key, task in (("class_weights", "multiclass"), ("pos_weight", "multilabel")):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if task != self.name:
+                other = "pos_weight" if key == "class_weights" else "class_weights"
+                raise ConfigError(f"task.{key} is for task={task}; with task={self.name} use task.{other}")
+            if value == "balanced":
+                continue
+            if isinstance(value, str) or not hasattr(value, "__iter__"):
+                raise ConfigError(f"task.{key}={value!r} must be null, balanced or a list of numbers")
+            weights = list(value)
+            if not weights or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights
+            ):
+                raise ConfigError(f"task.{key}={weights} must be non-negative numbers, one per label")
 
 
 @dataclass
@@ -335,6 +421,10 @@ class TrainConfig:
     """Write the full HF export to <run>/model after training: true, false, or auto (fine-tuned runs
     export; frozen-backbone runs keep the head and a reference to the backbone, and
     ``hydrahead-export <run>`` builds the export on demand)."""
+    calibrate: str | None = None
+    """temperature: after training, fit one temperature on the validation split (minimum NLL of the
+    best model's logits) and divide the logits by it from then on (export, ``predict_proba``,
+    ``hydrahead-predict``); metrics.json records ECE before and after. null: no calibration."""
     malloc: str = "auto"
     """C heap policy (glibc). compact: buffers of 1 MiB and more are mmapped, so freed activations go
     back to the OS instead of fragmenting the heap (peak RSS near live memory; CPU steps a few % slower).
@@ -343,5 +433,6 @@ class TrainConfig:
 
     def __post_init__(self):
         _choice("malloc", self.malloc, ("auto", "compact", "glibc"))
+        _choice("calibrate", self.calibrate, (None, "temperature"))
         if self.export not in (True, False, "auto"):
             raise ConfigError(f"export={self.export!r} must be true, false or auto")

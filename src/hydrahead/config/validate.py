@@ -126,9 +126,15 @@ def _check_backbone(typed: TrainConfig) -> None:
         ) from None
     layers = config.num_hidden_layers
     try:
-        resolve_layers(typed.head.layer, layers)
+        read = resolve_layers(typed.head.layer, layers)
     except ValueError as err:
         raise ConfigError(f"{err} [backbone {bb.name_or_path}]") from None
+    if bb.adapter and not isinstance(bb.freeze, bool) and bb.freeze >= max(read):
+        raise ConfigError(
+            f"backbone.freeze={bb.freeze} with backbone.adapter={bb.adapter} leaves no layer for the "
+            f"adapter: adapters go above layer {bb.freeze} only, and the head reads up to layer "
+            f"{max(read)} (head.layer={typed.head.layer}); set backbone.freeze below {max(read)}"
+        )
     limit = max_positions(config)
     if limit is not None and typed.data.max_length > limit:
         raise ConfigError(

@@ -344,6 +344,31 @@ class HeadDataModule(L.LightningDataModule):
             cache.store(self.cache_dir, key, payload)
         return self
 
+    def load_split(self, split: str) -> HeadDataModule:
+        """Read and encode ``split`` alone, with the given label vocabulary (evaluating a trained
+        model: its labels, no train split needed); a label outside it is a DataError naming file:line."""
+        if self.labels is None:
+            raise ValueError("load_split needs the label vocabulary (labels=...)")
+        examples = self.read(split)
+        if not examples:
+            source = getattr(self.cfg, f"{split}_file", None) or f"data={self.cfg.name}"
+            raise DataError(f"{source}: no {split} examples")
+        self.splits[split] = encode(
+            examples,
+            self.tokenizer,
+            level=self.level,
+            task=self.task,
+            labels=self.labels,
+            max_length=self.cfg.max_length,
+            source=f"{self.cfg.name}/{split}",
+            label_all_subwords=self.cfg.label_all_subwords,
+        )
+        return self
+
+    def split_loader(self, split: str) -> DataLoader:
+        """Evaluation batches of ``split`` (length-sorted, as validation's)."""
+        return self._loader(split, train=False)
+
     @property
     def eval_batch_size(self) -> int:
         return self.cfg.eval_batch_size or self.cfg.batch_size

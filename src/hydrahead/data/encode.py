@@ -99,59 +99,68 @@ def encode(
     ignore_row = IGNORE_INDEX if task == "multiclass" else [float(IGNORE_INDEX)] * len(labels)
     for line, example in enumerate(examples, start=1):
         where = example.get("_where", f"{source}:{line}")
+        if level == "token" and len(example["tags"]) != len(example["tokens"]):
+            raise DataError(f"{where}: {len(example['tokens'])} tokens but {len(example['tags'])} tags")
+        if level == "positions" and "spans" not in example:
+            positions, values = example["word_positions"], example["labels"]
+            if len(positions) != len(values):
+                raise DataError(f"{where}: {len(positions)} word_positions but {len(values)} labels")
+        feature, slots, word_ids = encode_inputs(
+            example, tokenizer, level=level, max_length=max_length, where=where
+        )
         if level == "sequence":
-            enc = tokenizer(example["text"], example.get("text_pair"), truncation=True, max_length=max_length)
-            feature = {key: list(value) for key, value in enc.items()}
             feature["labels"] = target(example["label"], where)
-        elif "spans" in example:  # positions given as character spans of a text
-            enc = tokenizer(example["text"], truncation=True, max_length=max_length)
-            feature = {key: list(value) for key, value in enc.items()}
-            mask_indices, aligned = [], []
-            for (start, end), value in zip(example["spans"], example["labels"]):
-                out.total_positions += 1
-                token = next((t for c in range(start, end) if (t := enc.char_to_token(c)) is not None), None)
-                if token is None:  # truncated away (or only whitespace)
-                    out.dropped_positions += 1
-                    continue
-                mask_indices.append(token)
-                aligned.append(target(value, where))
-            feature["mask_indices"] = mask_indices
+        elif level == "token":
+            tags = example["tags"]
+            aligned = []
+            for index, word in enumerate(word_ids):
+                use = word is not None and (label_all_subwords or slots[word] == index)
+                aligned.append(target(tags[word], where) if use else ignore_row)
             feature["labels"] = aligned
         else:
-            words = example["tokens"]
-            enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
-            word_ids = enc.word_ids()
-            feature = {key: list(value) for key, value in enc.items()}
-            first_subword: dict[int, int] = {}
-            for index, word in enumerate(word_ids):
-                if word is not None and word not in first_subword:
-                    first_subword[word] = index
-            if level == "token":
-                tags = example["tags"]
-                if len(tags) != len(words):
-                    raise DataError(f"{where}: {len(words)} tokens but {len(tags)} tags")
-                aligned = []
-                for index, word in enumerate(word_ids):
-                    use = word is not None and (label_all_subwords or first_subword[word] == index)
-                    aligned.append(target(tags[word], where) if use else ignore_row)
-                feature["labels"] = aligned
-            else:
-                positions, values = example["word_positions"], example["labels"]
-                if len(positions) != len(values):
-                    raise DataError(f"{where}: {len(positions)} word_positions but {len(values)} labels")
-                mask_indices, aligned = [], []
-                for position, value in zip(positions, values):
-                    if not 0 <= position < len(words):
-                        raise DataError(
-                            f"{where}: word position {position} is outside the {len(words)} tokens"
-                        )
-                    out.total_positions += 1
-                    if position not in first_subword:  # truncated away
-                        out.dropped_positions += 1
-                        continue
-                    mask_indices.append(first_subword[position])
-                    aligned.append(target(value, where))
-                feature["mask_indices"] = mask_indices
-                feature["labels"] = aligned
+            out.total_positions += len(slots)
+            out.dropped_positions += slots.count(None)
+            values = zip(slots, example["labels"])
+            feature["labels"] = [target(value, where) for slot, value in values if slot is not None]
         out.features.append(feature)
     return out
+
+
+def encode_inputs(
+    example: dict, tokenizer, *, level: str, max_length: int, where: str = "data"
+) -> tuple[dict, list[int | None] | None, list[int | None] | None]:
+    """Tokenize one example's inputs (labels are not read): ``(feature, slots, word_ids)``.
+
+    ``slots``: token level, the first subword of each word; positions level, the token each position
+    maps to (``feature["mask_indices"]`` holds those kept); None where truncated away. Sequence level:
+    None. ``word_ids``: the word of each token (pre-split words only), else None.
+    """
+    if level == "sequence":
+        enc = tokenizer(example["text"], example.get("text_pair"), truncation=True, max_length=max_length)
+        return {key: list(value) for key, value in enc.items()}, None, None
+    if "spans" in example:  # positions given as character spans of a text
+        enc = tokenizer(example["text"], truncation=True, max_length=max_length)
+        feature = {key: list(value) for key, value in enc.items()}
+        # None: truncated away (or only whitespace)
+        slots = [
+            next((t for c in range(start, end) if (t := enc.char_to_token(c)) is not None), None)
+            for start, end in example["spans"]
+        ]
+        feature["mask_indices"] = [slot for slot in slots if slot is not None]
+        return feature, slots, None
+    words = example["tokens"]
+    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+    word_ids = enc.word_ids()
+    feature = {key: list(value) for key, value in enc.items()}
+    first_subword: dict[int, int] = {}
+    for index, word in enumerate(word_ids):
+        if word is not None and word not in first_subword:
+            first_subword[word] = index
+    if level == "token":
+        return feature, [first_subword.get(word) for word in range(len(words))], word_ids
+    for position in example["word_positions"]:
+        if not 0 <= position < len(words):
+            raise DataError(f"{where}: word position {position} is outside the {len(words)} tokens")
+    slots = [first_subword.get(position) for position in example["word_positions"]]  # None: truncated
+    feature["mask_indices"] = [slot for slot in slots if slot is not None]
+    return feature, slots, word_ids

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from hydrahead.config.schema import DataConfig
@@ -54,15 +55,19 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
         ) from None
 
 
-def _rows(path: Path, fmt: str):
-    """Yield (line, dict) per raw record; malformed records raise DataError naming file:line."""
+def _rows(path: Path, fmt: str, conll_fields: tuple[str, str] = ("tokens", "tags"), tags: bool = True):
+    """Yield (line, dict) per raw record; malformed records raise DataError naming file:line.
+
+    CoNLL records hold their words and tags under ``conll_fields``; ``tags=False`` (prediction)
+    also takes lines of a token alone.
+    """
     if fmt == "jsonl":
         with path.open(encoding="utf-8") as handle:
             for line, text in enumerate(handle, start=1):
                 if not text.strip():
                     continue
                 try:
-                    row = json.loads(text)
+                    row = json.loads(text.rstrip("\r\n"))  # (with the newline, colno is 1 of a next line)
                 except json.JSONDecodeError as err:
                     yield line, DataError(f"{path}:{line}: malformed JSON ({err.msg} at column {err.colno})")
                     continue
@@ -80,31 +85,40 @@ def _rows(path: Path, fmt: str):
                     )
                 yield reader.line_num, row
     elif fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as err:
-            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
-        for index, row in enumerate(table.to_pylist(), start=1):
-            yield index, row
+        yield from _parquet_rows(path)
     elif fmt == "conll":
-        yield from _conll_rows(path)
+        yield from _conll_rows(path, conll_fields, tags)
     else:
         raise DataError(f"{path}: unknown data.format {fmt!r}; choose one of {list(FORMATS)}")
 
 
-def _conll_rows(path: Path):
+def _parquet_rows(path: Path, batch_rows: int = 1024):
+    """Parquet rows in record batches: a large file is never held whole (line = row number, from 1)."""
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        index = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                index += 1
+                yield index, row
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid and ArrowIOError are both
+        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+
+
+def _conll_rows(path: Path, fields: tuple[str, str] = ("tokens", "tags"), need_tags: bool = True):
+    tokens_key, tags_key = fields
     tokens, tags, start = [], [], None
     with path.open(encoding="utf-8") as handle:
         for line, text in enumerate(handle, start=1):
             parts = text.split()
             if not parts or parts[0] == "-DOCSTART-":
                 if tokens:
-                    yield start, {"tokens": tokens, "tags": tags}
+                    yield start, {tokens_key: tokens, tags_key: tags}
                 tokens, tags, start = [], [], None
                 continue
-            if len(parts) < 2:
+            if len(parts) < 2 and need_tags:
                 yield (
                     line,
                     DataError(f"{path}:{line}: a CoNLL line needs a token and a tag, got {text.strip()!r}"),
@@ -115,7 +129,7 @@ def _conll_rows(path: Path):
             tokens.append(parts[0])
             tags.append(parts[-1])
     if tokens:
-        yield start, {"tokens": tokens, "tags": tags}
+        yield start, {tokens_key: tokens, tags_key: tags}
 
 
 def _as_list(value, where: str, key: str, split_on: str | None = None) -> list:
@@ -135,10 +149,43 @@ def _as_list(value, where: str, key: str, split_on: str | None = None) -> list:
     raise DataError(f"{where}: field {key!r} must be a list, got {type(value).__name__}")
 
 
-def _example(row: dict, where: str, data_cfg, task: str, keep: tuple[str, ...] = ()) -> dict:
+def _one_label(value, where: str, key: str):
+    """A multiclass label: one name or class id, never a JSON object or a list."""
+    if isinstance(value, (dict, list, tuple)):
+        kind = "a JSON object" if isinstance(value, dict) else "a list"
+        raise DataError(
+            f"{where}: multiclass needs one label per item in field {key!r}, got {kind} {value!r} "
+            "(several labels per item: task=multilabel)"
+        )
+    return value
+
+
+def _label_set(value, where: str, key: str) -> list:
+    """A multilabel item's labels: a list of names (a string: ``|``-separated), never objects or lists."""
+    if isinstance(value, dict):
+        raise DataError(f"{where}: multilabel needs a list of label names in field {key!r}, got {value!r}")
+    items = list(value) if isinstance(value, (list, tuple)) else [x for x in str(value).split("|") if x]
+    nested = [x for x in items if isinstance(x, (dict, list, tuple))]
+    if nested:
+        raise DataError(
+            f"{where}: multilabel needs a list of label names in field {key!r}, got {nested[0]!r} "
+            f"inside {value!r}"
+        )
+    return items
+
+
+def _example(
+    row: dict,
+    where: str,
+    data_cfg,
+    task: str,
+    keep: tuple[str, ...] = (),
+    with_labels: bool = True,
+) -> dict:
     """One canonical example from a raw record; raises DataError naming ``where``.
 
     ``keep`` names raw fields to carry along in ``example["_fields"]`` (a control task's key).
+    ``with_labels=False`` reads the inputs alone (prediction): label fields are neither needed nor read.
     """
     f = data_cfg.fields
     level = data_cfg.level
@@ -151,6 +198,13 @@ def _example(row: dict, where: str, data_cfg, task: str, keep: tuple[str, ...] =
             raise DataError(f"{where}: missing field {key!r} (data.fields.{config_key})")
         return row[key]
 
+    def items(key: str, config_key: str) -> list:
+        """One label per word or position (multiclass) or a list of them (multilabel)."""
+        values = _as_list(field(key, config_key), where, key)
+        if multilabel:
+            return [_label_set(value, where, key) for value in values]
+        return [_one_label(value, where, key) for value in values]
+
     example: dict = {"_where": where}
     if keep:
         example["_fields"] = {key: row.get(key) for key in keep}
@@ -162,22 +216,25 @@ def _example(row: dict, where: str, data_cfg, task: str, keep: tuple[str, ...] =
         pair = field(f.text_pair, "text_pair", optional=True) if f.text_pair else None
         if pair is not None:
             example["text_pair"] = str(pair)
-        label = field(f.label, "label")
-        example["label"] = [str(x) for x in _as_list(label, where, f.label, "|")] if multilabel else label
+        if with_labels:
+            label = field(f.label, "label")
+            if multilabel:
+                names = label if isinstance(label, dict) else _as_list(label, where, f.label, "|")
+                example["label"] = [str(x) for x in _label_set(names, where, f.label)]
+            else:
+                example["label"] = _one_label(label, where, f.label)
     elif level == "token":
         tokens = [str(t) for t in _as_list(field(f.tokens, "tokens"), where, f.tokens)]
-        tags = _as_list(field(f.tags, "tags"), where, f.tags)
-        if multilabel:
-            tags = [t if isinstance(t, list) else [x for x in str(t).split("|") if x] for t in tags]
+        tags = items(f.tags, "tags") if with_labels else None
         if not tokens:
             raise DataError(f"{where}: empty token list in field {f.tokens!r}")
-        if len(tokens) != len(tags):
-            raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
-        example.update(tokens=tokens, tags=tags)
+        example["tokens"] = tokens
+        if tags is not None:
+            if len(tokens) != len(tags):
+                raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
+            example["tags"] = tags
     else:
-        labels = _as_list(field(f.labels, "labels"), where, f.labels)
-        if multilabel:
-            labels = [x if isinstance(x, list) else [s for s in str(x).split("|") if s] for x in labels]
+        labels = items(f.labels, "labels") if with_labels else None
         if f.spans in row and row[f.spans] is not None:
             text = str(field(f.text, "text"))
             spans = _as_list(row[f.spans], where, f.spans)
@@ -203,15 +260,54 @@ def _example(row: dict, where: str, data_cfg, task: str, keep: tuple[str, ...] =
                 raise DataError(f"{where}: word position(s) {bad} outside the {len(tokens)} tokens")
             example.update(tokens=tokens, word_positions=positions)
             count = len(positions)
-        if count != len(labels):
-            raise DataError(f"{where}: {count} positions but {len(labels)} labels")
-        example["labels"] = labels
+        if labels is not None:
+            if count != len(labels):
+                raise DataError(f"{where}: {count} positions but {len(labels)} labels")
+            example["labels"] = labels
     return example
 
 
 def _single_labels(example: dict, level: str) -> bool:
     items = [example["label"]] if level == "sequence" else example["tags" if level == "token" else "labels"]
     return all(len(item) == 1 for item in items)
+
+
+def iter_examples(
+    path: str | Path,
+    data_cfg: DataConfig,
+    task: str,
+    *,
+    with_labels: bool = True,
+    keep: tuple[str, ...] = (),
+) -> Iterator[tuple[int, dict | DataError]]:
+    """Each record of ``path`` as ``(line, example)``, lazily, or as ``(line, DataError)`` when it is bad.
+
+    One record is in memory at a time (Parquet: one record batch), so this serves files of any size.
+    ``line`` is the file's line (JSONL, CSV; CoNLL: a sentence's first line) or row number (Parquet);
+    errors name ``file:line``. A missing file, an unknown format, or CoNLL data outside level=token
+    raise DataError here, before the first record. ``with_labels=False``: inputs only (prediction).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    fmt = detect_format(path, data_cfg.format)
+    if fmt == "conll" and data_cfg.level != "token":
+        raise DataError(f"{path}: CoNLL files hold token-level data, but data.level={data_cfg.level!r}")
+    if fmt not in FORMATS[1:]:
+        raise DataError(f"{path}: unknown data.format {fmt!r}; choose one of {list(FORMATS)}")
+
+    def examples():
+        fields = (data_cfg.fields.tokens, data_cfg.fields.tags)
+        for line, row in _rows(path, fmt, fields, tags=with_labels):
+            if isinstance(row, DataError):
+                yield line, row
+                continue
+            try:
+                yield line, _example(row, f"{path}:{line}", data_cfg, task, keep, with_labels)
+            except DataError as err:
+                yield line, err
+
+    return examples()
 
 
 def read_examples(
@@ -230,21 +326,12 @@ def read_examples(
     from .encode import label_names
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    fmt = detect_format(path, data_cfg.format)
-    if fmt == "conll" and data_cfg.level != "token":
-        raise DataError(f"{path}: CoNLL files hold token-level data, but data.level={data_cfg.level!r}")
     examples, skipped, count, all_single = [], [], 0, True
-    for line, row in _rows(path, fmt):
-        try:
-            if isinstance(row, DataError):
-                raise row
-            example = _example(row, f"{path}:{line}", data_cfg, task, keep)
-        except DataError as err:
+    for _, example in iter_examples(path, data_cfg, task, keep=keep):
+        if isinstance(example, DataError):
             if data_cfg.on_error != "skip":
-                raise
-            skipped.append(str(err))
+                raise example
+            skipped.append(str(example))
             continue
         count += 1
         if names is not None:

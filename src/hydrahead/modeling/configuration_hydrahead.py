@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .head_spec import LEVELS, TASKS, normalize_head, resolve_layers
+from .head_spec import LEVELS, TASKS, check_loss, normalize_head, resolve_layers
 
 AUTO_MAP = {
     "AutoConfig": "configuration_hydrahead.HydraHeadConfig",
@@ -32,6 +32,12 @@ class HydraHeadConfig(PretrainedConfig):
             layers, ``False`` nothing. Frozen parts stay in eval mode.
         backbone_layers: the backbone's full depth. The backbone is truncated above the highest
             layer the head reads; this keeps the original depth so layer specs resolve the same.
+        loss: options of the training loss, resolved to numbers: ``class_weights`` (multiclass
+            cross-entropy weight per label), ``pos_weight`` (multilabel BCE weight of the positive
+            class, per label) and ``label_smoothing`` (multiclass: as ``torch.nn.CrossEntropyLoss``;
+            multilabel: targets ``y * (1 - s) + s / 2``). Empty: the plain loss.
+        calibration_temperature: the logits are divided by it (temperature scaling, fitted on
+            validation after training); 1.0 leaves them as trained. ``predict_proba`` and ``pipeline()`` see the same.
     """
 
     model_type = "hydrahead"
@@ -44,6 +50,8 @@ class HydraHeadConfig(PretrainedConfig):
         level: str = "sequence",
         freeze: bool | int = False,
         backbone_layers: int | None = None,
+        loss: dict | None = None,
+        calibration_temperature: float = 1.0,
         **kwargs,
     ):
         if task not in TASKS:
@@ -59,6 +67,10 @@ class HydraHeadConfig(PretrainedConfig):
         self.task = task
         self.level = level
         self.freeze = freeze
+        temperature = calibration_temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
+            raise ValueError(f"calibration_temperature={temperature!r} must be a positive number")
+        self.calibration_temperature = float(temperature)
         self.backbone_config = backbone_config
         self.backbone_layers = backbone_layers
         if backbone_config is not None:
@@ -77,6 +89,7 @@ class HydraHeadConfig(PretrainedConfig):
         )
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(**kwargs)
+        self.loss = check_loss(loss, self.num_labels if (loss or {}) else None)
 
     @property
     def layers(self) -> list[int]:

@@ -108,3 +108,31 @@ def normalize_head(head: dict | None) -> dict:
     if isinstance(spec["layer"], tuple):
         spec["layer"] = list(spec["layer"])
     return spec
+
+
+LOSS_KEYS = ("class_weights", "pos_weight", "label_smoothing")
+
+
+def check_loss(loss: dict | None, num_labels: int | None = None) -> dict:
+    """The model's loss options (see ``HydraHeadConfig``), checked: numbers only, one weight per label."""
+    loss = {k: v for k, v in dict(loss or {}).items() if v is not None}
+    unknown = sorted(set(loss) - set(LOSS_KEYS))
+    if unknown:
+        raise ValueError(f"unknown loss key(s) {unknown}; allowed: {list(LOSS_KEYS)}")
+    for key in ("class_weights", "pos_weight"):
+        if key not in loss:
+            continue
+        weights = loss[key]
+        if not isinstance(weights, (list, tuple)) or not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights
+        ):
+            raise ValueError(f"loss {key}={weights!r} must be a list of non-negative numbers, one per label")
+        if num_labels is not None and len(weights) != num_labels:
+            raise ValueError(f"loss {key} has {len(weights)} entries but the model has {num_labels} labels")
+        loss[key] = [float(w) for w in weights]
+    smoothing = loss.get("label_smoothing", 0.0)
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+        raise ValueError(f"loss label_smoothing={smoothing!r} must be a number in [0, 1)")
+    if not smoothing:
+        loss.pop("label_smoothing", None)
+    return loss

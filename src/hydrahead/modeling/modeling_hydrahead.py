@@ -212,7 +212,9 @@ class HydraHeadModel(HydraHeadPreTrainedModel):
         combined = self.mix(features) if self.mix is not None else features.flatten(-2)
         if self.config.level == "sequence" and self.config.head["pooling"] == "pooler":
             combined = self.backbone.pooler(combined.unsqueeze(1))
-        return self.head(combined.to(self.head.classifier.weight.dtype))
+        logits = self.head(combined.to(self.head.classifier.weight.dtype))
+        temperature = getattr(self.config, "calibration_temperature", 1.0)
+        return logits if temperature == 1.0 else logits / temperature
 
     def forward(
         self,
@@ -258,8 +260,9 @@ class HydraHeadModel(HydraHeadPreTrainedModel):
 
     # -- loss, probabilities, checks ---------------------------------------------------------
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean loss over the labels that are not -100 (0 when every label is ignored)."""
-        return compute_loss(logits, labels, self.config.task)
+        """Mean loss over the labels that are not -100 (0 when every label is ignored), with the
+        config's class weights, positive weights and label smoothing."""
+        return compute_loss(logits, labels, self.config.task, **(getattr(self.config, "loss", None) or {}))
 
     def predict_proba(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over classes (multiclass) or per-label sigmoid (multilabel)."""
@@ -326,22 +329,43 @@ def check_labels(labels: torch.Tensor, logits: torch.Tensor, task: str, level: s
     return labels.to(logits.dtype if logits.is_floating_point() else torch.float)
 
 
-def compute_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+def compute_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    task: str,
+    class_weights=None,
+    pos_weight=None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Cross-entropy (multiclass) or BCE-with-logits (multilabel), ignoring -100 labels.
 
     Multilabel: each element with -100 is ignored, and a whole row (sequence, token or
-    detection) is ignored when its first label is -100.
+    detection) is ignored when its first label is -100. ``class_weights`` (multiclass) weigh each
+    item by its label's weight, normalised by the kept items' weights (as ``CrossEntropyLoss``);
+    ``pos_weight`` (multilabel) weighs the positive term of each label; ``label_smoothing`` mixes
+    the targets with the uniform distribution (multilabel: towards 1/2).
     """
     if task == "multiclass":
         flat_labels = labels.reshape(-1)
         if (flat_labels != IGNORE_INDEX).sum() == 0:
             return logits.sum() * 0.0
+        weight = None if class_weights is None else torch.tensor(class_weights, device=logits.device)
         return nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), flat_labels, ignore_index=IGNORE_INDEX
+            logits.reshape(-1, logits.shape[-1]).float(),
+            flat_labels,
+            weight=weight,
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=float(label_smoothing),
         )
     mask = (labels != IGNORE_INDEX) & (labels[..., :1] != IGNORE_INDEX)
+    targets = labels.float().clamp(min=0.0)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / 2
     losses = nn.functional.binary_cross_entropy_with_logits(
-        logits.float(), labels.float().clamp(min=0.0), reduction="none"
+        logits.float(),
+        targets,
+        reduction="none",
+        pos_weight=None if pos_weight is None else torch.tensor(pos_weight, device=logits.device),
     )
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 

@@ -43,6 +43,7 @@ def labels_of(path: str | Path) -> list[str] | None:
 # What must match between a checkpoint and the config that resumes from it.
 _RESUME_KEYS = [
     ("backbone", "name_or_path"),
+    ("backbone", "adapter"),
     ("head", "layer"),
     ("head", "combine"),
     ("head", "pooling"),

@@ -35,7 +35,9 @@ from hydrahead.config.schema import CallbacksConfig, TrainConfig
 from hydrahead.data.datamodule import EncodedData
 from hydrahead.data.features import FeatureBatches
 
-from .metrics import EntityMetrics, build_metrics, flatten_for_metrics, is_bio
+from .evaluation import SplitOutputs, collect
+from .evaluation import score as score_outputs
+from .metrics import EntityMetrics, is_bio
 from .module import build_optimizer
 
 log = logging.getLogger("hydrahead.run")
@@ -147,6 +149,8 @@ class HeadTrainer:
         self.checkpoints = Path(checkpoints) if checkpoints is not None else None
         """None: checkpoints stay in memory (``kept``), for probes nothing resumes (MDL blocks)."""
         self.kept: dict[str, dict] = {}
+        self.final_outputs: dict[str, SplitOutputs] = {}
+        """After :meth:`fit`: the best head's test outputs (calibration and the reports read them)."""
         self.quiet = quiet
         self.hparams = hparams
         self.args = trainer_args
@@ -188,47 +192,38 @@ class HeadTrainer:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     # -- evaluation -------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, split: str, stage: str, limit=None) -> dict[str, float]:
         """``<stage>/loss`` (mean over batches weighted by batch size, as Lightning logs it) and metrics."""
+        return score_outputs(
+            self.outputs(split, limit),
+            self.task.name,
+            self.model.config.num_labels,
+            self.task.threshold,
+            stage,
+        )
+
+    def outputs(self, split: str, limit=None) -> SplitOutputs:
+        """The model's logits and labels on ``split`` (eval mode; the training mode is restored after)."""
         model = self.model
         was_training = model.training
         head_mode(model, False)
         # A probe nothing resumes, picked on its loss (an MDL block's), needs no other metric.
         loss_only = self.checkpoints is None and self.task.monitor.endswith("/loss")
-        metrics = build_metrics(self.task.name, model.config.num_labels, self.task.threshold).to(self.device)
         entities = EntityMetrics(self.labels, self.typed.data.seqeval_strict) if self.bio else None
         batches = self._batches(split, train=False)
-        count = _limit(limit, len(batches))
-        loss_sum, weight = torch.zeros((), dtype=torch.float64), 0
-        kept_preds, kept_labels = [], []
-        for index, batch in enumerate(batches):
-            if index >= count:
-                break
-            batch = self._to_device(batch)
-            with self._autocast():
-                out = model(**batch)
-            size = batch["labels"].shape[0]
-            loss_sum += out.loss.detach().double().cpu() * size
-            weight += size
-            if loss_only:
-                continue
-            preds, labels = flatten_for_metrics(out.logits, batch["labels"], self.task.name)
-            kept_preds.append(preds)
-            kept_labels.append(labels)
-            if entities is not None:
-                entities.update(out.logits.detach().cpu(), batch["labels"].cpu())
-        labels = torch.cat(kept_labels) if kept_labels else torch.zeros(0)
-        if len(labels):  # one update: the metrics are counts, the same as batch by batch
-            metrics.update(torch.cat(kept_preds), labels)
-        head_mode(model, was_training)
-        results = {f"{stage}/loss": float(loss_sum / max(weight, 1))}
-        if loss_only:
-            return results
-        results.update({f"{stage}/{k}": float(v) for k, v in metrics.compute().items()})
-        if entities is not None:
-            results.update({f"{stage}/{k}": float(v) for k, v in entities.compute().items()})
-        return results
+        try:
+            return collect(
+                model,
+                batches,
+                self.task.name,
+                self.device,
+                self.autocast,
+                entities=None if loss_only else entities,
+                limit=_limit(limit, len(batches)),
+                keep=not loss_only,
+            )
+        finally:
+            head_mode(model, was_training)
 
     # -- checkpoints ------------------------------------------------------------------------
     def _head_state(self) -> dict:
@@ -428,7 +423,8 @@ class HeadTrainer:
         if metrics is None:
             metrics = self.evaluate("validation", "val", args.get("limit_val_batches"))
         if "test" in self.splits:
-            metrics.update(self.evaluate("test", "test", args.get("limit_test_batches")))
+            test = self.final_outputs["test"] = self.outputs("test", args.get("limit_test_batches"))
+            metrics.update(score_outputs(test, self.task.name, model.config.num_labels, self.task.threshold, "test"))
         if self.device.type != "cpu":
             model.cpu()
         return {

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
+    BinaryCalibrationError,
     MulticlassAccuracy,
+    MulticlassCalibrationError,
     MulticlassF1Score,
     MultilabelAUROC,
     MultilabelAveragePrecision,
@@ -14,15 +16,59 @@ from torchmetrics.classification import (
 
 from hydrahead.modeling.head_spec import IGNORE_INDEX
 
+ECE_BINS = 15
+
+
+class BrierScore(Metric):
+    """Mean squared error of the probabilities against the truth.
+
+    Multiclass: per item, summed over classes (in [0, 2]). Multilabel: per (item, label), -100 skipped.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, task: str):
+        super().__init__()
+        self.task = task
+        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        if self.task == "multiclass":
+            truth = torch.nn.functional.one_hot(target.long(), preds.shape[-1]).to(preds.dtype)
+            self.total += ((preds - truth) ** 2).sum().double()
+            self.count += preds.shape[0]
+            return
+        keep = target != IGNORE_INDEX
+        self.total += (((preds - target.to(preds.dtype)) ** 2) * keep).sum().double()
+        self.count += keep.sum()
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+class MultilabelCalibrationError(BinaryCalibrationError):
+    """Expected calibration error over every (item, label) probability of a multilabel task."""
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(preds.reshape(-1), target.reshape(-1))
+
 
 def build_metrics(task: str, num_labels: int, threshold: float = 0.5) -> MetricCollection:
-    """multiclass: acc, f1_macro, f1_micro; multilabel: f1_micro, f1_macro, auroc_macro, map_macro."""
+    """multiclass: acc, f1_macro, f1_micro; multilabel: f1_micro, f1_macro, auroc_macro, map_macro.
+
+    Both also measure calibration: ``ece`` (expected calibration error, 15 equal-width bins; multiclass
+    on the top class's confidence, multilabel over every label's probability) and ``brier``.
+    """
     if task == "multiclass":
         return MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_labels, average="micro"),
                 "f1_macro": MulticlassF1Score(num_labels, average="macro"),
                 "f1_micro": MulticlassF1Score(num_labels, average="micro"),
+                "ece": MulticlassCalibrationError(num_labels, n_bins=ECE_BINS, norm="l1"),
+                "brier": BrierScore(task),
             }
         )
     return MetricCollection(
@@ -35,12 +81,14 @@ def build_metrics(task: str, num_labels: int, threshold: float = 0.5) -> MetricC
             ),
             "auroc_macro": MultilabelAUROC(num_labels, average="macro", ignore_index=IGNORE_INDEX),
             "map_macro": MultilabelAveragePrecision(num_labels, average="macro", ignore_index=IGNORE_INDEX),
+            "ece": MultilabelCalibrationError(n_bins=ECE_BINS, norm="l1", ignore_index=IGNORE_INDEX),
+            "brier": BrierScore(task),
         }
     )
 
 
-def flatten_for_metrics(logits: torch.Tensor, labels: torch.Tensor, task: str):
-    """(probabilities [N, C], labels [N] or [N, C]) keeping only what the loss keeps.
+def flatten_logits(logits: torch.Tensor, labels: torch.Tensor, task: str):
+    """(logits [N, C] float32, labels [N] or [N, C] long) keeping only what the loss keeps.
 
     Multiclass drops -100 labels. Multilabel drops a row whose first label is -100 (padding, or an
     ignored detection); -100 elements inside kept rows stay for the metrics' ``ignore_index``.
@@ -50,11 +98,21 @@ def flatten_for_metrics(logits: torch.Tensor, labels: torch.Tensor, task: str):
     if task == "multiclass":
         flat_labels = labels.reshape(-1)
         keep = flat_labels != IGNORE_INDEX
-        return flat_logits[keep].softmax(-1), flat_labels[keep]
+        return flat_logits[keep], flat_labels[keep]
     flat_labels = labels.reshape(-1, num_labels)
     keep = flat_labels[:, 0] != IGNORE_INDEX
-    kept = flat_labels[keep]
-    return flat_logits[keep].sigmoid(), kept.long()
+    return flat_logits[keep], flat_labels[keep].long()
+
+
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Softmax over classes (multiclass) or a sigmoid per label (multilabel), as ``predict_proba``."""
+    return logits.sigmoid() if task == "multilabel" else logits.softmax(-1)
+
+
+def flatten_for_metrics(logits: torch.Tensor, labels: torch.Tensor, task: str):
+    """(probabilities [N, C], labels [N] or [N, C]) of the items the loss keeps (:func:`flatten_logits`)."""
+    flat_logits, flat_labels = flatten_logits(logits, labels, task)
+    return probabilities(flat_logits, task), flat_labels
 
 
 BIO_PATTERN = r"^(O|[BI]-.+)$"

@@ -7,9 +7,10 @@ import random
 import lightning as L
 import torch
 
+from hydrahead.adapters import has_adapter, is_base_weight
 from hydrahead.config.schema import OptimizerConfig, SchedulerConfig, TaskConfig
 
-from .metrics import EntityMetrics, build_metrics, flatten_for_metrics, is_bio
+from .metrics import EntityMetrics, build_metrics, flatten_for_metrics, flatten_logits, is_bio
 
 
 def parameter_groups(model, lr: float, backbone_lr: float | None, weight_decay: float) -> list[dict]:
@@ -86,9 +87,11 @@ class HeadModule(L.LightningModule):
         self.model = model
         if hparams:
             self.save_hyperparameters(hparams)
-        # Hashed once here, not at every save: a head-only checkpoint names the weights it sits on.
+        # Hashed once here, not at every save: a head-only (or adapter-only) checkpoint names the
+        # weights it sits on.
         self.backbone_ref = None
-        if hparams and model.config.freeze is True:
+        self.adapter_only = has_adapter(model)
+        if hparams and (model.config.freeze is True or self.adapter_only):
             from hydrahead.backbone_ref import run_backbone_reference
 
             self.backbone_ref = run_backbone_reference(hparams)
@@ -109,6 +112,10 @@ class HeadModule(L.LightningModule):
         ):
             self.val_entities = EntityMetrics(labels, seqeval_strict)
             self.test_entities = EntityMetrics(labels, seqeval_strict)
+        self.keep_outputs = False
+        """True: each evaluation keeps its logits and labels in ``kept[stage]`` (the final evaluation
+        of the best checkpoint: calibration and the reports read them, no pass of their own)."""
+        self.kept: dict[str, dict] = {}
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -121,6 +128,11 @@ class HeadModule(L.LightningModule):
     def _eval_step(self, batch, stage: str):
         out = self.model(**batch)
         self.log(f"{stage}/loss", out.loss, prog_bar=stage == "val", batch_size=batch["labels"].shape[0])
+        if self.keep_outputs:
+            logits, labels = flatten_logits(out.logits, batch["labels"], self.task)
+            kept = self.kept.setdefault(stage, {"logits": [], "labels": []})
+            kept["logits"].append(logits.cpu())
+            kept["labels"].append(labels.cpu())
         preds, labels = flatten_for_metrics(out.logits, batch["labels"], self.task)
         if len(labels):
             getattr(self, f"{stage}_metrics").update(preds, labels)
@@ -136,6 +148,12 @@ class HeadModule(L.LightningModule):
         if entities is not None:
             self.log_dict({f"{stage}/{k}": v for k, v in entities.compute().items()})
             entities.reset()
+
+    def on_validation_epoch_start(self):
+        self.kept.pop("val", None)
+
+    def on_test_epoch_start(self):
+        self.kept.pop("test", None)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -160,6 +178,14 @@ class HeadModule(L.LightningModule):
             checkpoint["frozen_backbone_dropped"] = True
             if self.backbone_ref is not None:
                 checkpoint["backbone_ref"] = self.backbone_ref
+        elif self.adapter_only:
+            # The backbone's own weights never train under an adapter: keep the adapter and the head.
+            checkpoint["state_dict"] = {
+                k: v for k, v in checkpoint["state_dict"].items() if not is_base_weight(k, "model.backbone.")
+            }
+            checkpoint["adapter_only"] = True
+            if self.backbone_ref is not None:
+                checkpoint["backbone_ref"] = self.backbone_ref
         checkpoint["rng_state"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -167,7 +193,7 @@ class HeadModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if checkpoint.get("frozen_backbone_dropped"):
+        if checkpoint.get("frozen_backbone_dropped") or checkpoint.get("adapter_only"):
             state_dict = checkpoint["state_dict"]
             for key, value in self.state_dict().items():  # the frozen weights already loaded
                 if key.startswith("model.backbone."):
