@@ -265,3 +265,26 @@ def test_numeric_axis_gives_a_line_plot(tmp_path):
         job.write_text(job.read_text().replace("mode: max", "mode: min"))
     comp = run_compare([tmp_path], show=False)
     assert [r["keys"]["head.layer"] for r in comp.rows] == ["0", "1", "2", "3"]
+
+
+def test_calibration_columns_sit_beside_the_metric(tmp_path):
+    sweep = tmp_path / "cal"
+    values = {"head=linear": (0.8, 0.10, 0.05), "head=mlp": (0.9, 0.30, 0.04)}
+    for i, (override, (acc, ece, calibrated)) in enumerate(values.items()):
+        for seed in (0, 1):
+            metrics = {
+                "val/acc": acc,
+                "val/ece": ece + seed / 100,
+                "val/brier": 0.2,
+                "val/ece_calibrated": calibrated,
+            }
+            fabricate_job(sweep / f"{i}{seed}", [override, f"seed={seed}"], metrics=metrics)
+    comp = compare(collect_runs([sweep]))
+    assert comp.extras == ["val/ece", "val/brier", "val/ece_calibrated"]
+    linear = next(r for r in comp.rows if r["keys"]["head"] == "linear")
+    assert linear["extras"]["val/ece"] == pytest.approx(0.105)
+    assert linear["extras"]["val/ece_calibrated"] == pytest.approx(0.05)
+    run_compare([sweep])
+    with open(sweep / "comparison.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["val/ece"]) for r in rows] == pytest.approx([0.305, 0.105])  # sorted by val/acc

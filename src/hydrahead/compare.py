@@ -41,6 +41,11 @@ majority. It is never a group and never sorts: the printed table ends with a ``m
 
 Lower is better for a metric named like a loss, ``kbits`` (MDL codelengths), ``ece``, ``brier`` or
 ``nll`` (the monitor goes by ``task.mode``); higher otherwise (``mdl/compression``, accuracies).
+
+**Calibration.** Beside the metric, the mean ``ece`` and ``brier`` of the same split (``val/acc`` ->
+``val/ece``, ``val/brier``, and ``val/ece_calibrated`` for runs with ``calibrate=temperature``) where
+the jobs report them: extra columns in the table, the CSV and the markdown; ``--metric val/ece``
+compares on calibration itself.
 """
 
 from __future__ import annotations
@@ -400,6 +405,9 @@ class Comparison:
     """With controls: one line per completed job in no complete pair, with the reason."""
     sort: str = "metric"
     """"metric" (the real metric) or "selectivity"."""
+    extras: list[str] = field(default_factory=list)
+    """Calibration beside the metric: the same split's ``ece`` and ``brier`` (and their
+    ``_calibrated`` values) where jobs have them; a mean per row (real jobs), never sorted on."""
 
     @property
     def show_missing(self) -> bool:
@@ -482,6 +490,15 @@ def compare(
             row.update(control_stats(members, twins, metric))
         rows.append(row)
 
+    extras = calibration_metrics(completed, metric)
+    for row in rows:
+        members = [r for r in runs if r["dir"] in set(row["runs"]) and r["status"] == "completed"]
+        members = [r for r in members if not (controls and is_control(r))]
+        row["extras"] = {}
+        for name in extras:
+            found = [float(r["metrics"][name]) for r in members if _is_number(r["metrics"].get(name))]
+            row["extras"][name] = statistics.fmean(found) if found else None
+
     by_value = "selectivity_mean" if sort == "selectivity" else "mean"
 
     def order(row):
@@ -503,7 +520,20 @@ def compare(
         baseline=majority_baseline(runs, metric, keys, controls),
         unpaired=unpaired_runs(runs, twins, metric) if controls else [],
         sort=sort,
+        extras=extras,
     )
+
+
+CALIBRATION = ("ece", "brier", "ece_calibrated", "brier_calibrated")
+
+
+def calibration_metrics(completed: list[dict], metric: str) -> list[str]:
+    """The calibration metrics of ``metric``'s split (``val/acc`` -> ``val/ece``, ...) that jobs report."""
+    stage = metric.split("/", 1)[0] if "/" in metric else None
+    if stage is None:
+        return []
+    names = [f"{stage}/{name}" for name in CALIBRATION if f"{stage}/{name}" != metric]
+    return [name for name in names if any(_is_number(r["metrics"].get(name)) for r in completed)]
 
 
 # -------------------------------------------------------------------------------------- outputs
@@ -535,6 +565,7 @@ def table_rows(
     else:
         header += [f"{comp.metric} mean", "std", "n", "failed", "running"]
     header += ["missing"] if comp.show_missing or full_precision else []
+    header += comp.extras
     header += ["seeds"]
     majority: list[str] = []  # the baseline's fields that the CSV repeats on every row
     if full_precision and comp.baseline:
@@ -554,6 +585,7 @@ def table_rows(
             counts = ("n", "failed", "running")
         cells += [_count(row[k]) for k in counts]
         cells += [_count(row["missing"])] if comp.show_missing or full_precision else []
+        cells += [fmt((row.get("extras") or {}).get(name)) for name in comp.extras]
         cells += [row.get("note") or " ".join(row["seeds"])]
         cells += [fmt(comp.baseline[k]) for k in majority]
         body.append(cells)

@@ -1,7 +1,8 @@
 """Save a trained model as a HydraHead folder or, for a standard head, as the backbone's own HF class.
 
 HydraHead folder: safetensors, a config with ``auto_map`` and the two self-contained code files,
-plus the tokenizer. Loads with ``AutoModelFor...from_pretrained(dir, trust_remote_code=True)``
+plus the tokenizer and a model card (``README.md``, :mod:`hydrahead.model_card`). Loads with
+``AutoModelFor...from_pretrained(dir, trust_remote_code=True)``
 anywhere, and with no remote code at all once ``hydrahead.modeling`` is imported.
 
 Native: a linear head on the last layer, per token (``*ForTokenClassification``) or on the
@@ -125,8 +126,15 @@ def _merged(model, copy: bool = True):
     return merged(model, copy=copy)
 
 
-def export_model(model, out_dir: str | Path, tokenizer=None, native: bool = False) -> Path:
-    """Write ``model`` (and ``tokenizer``) to ``out_dir``; ``native=True`` uses the backbone's HF class."""
+def export_model(
+    model, out_dir: str | Path, tokenizer=None, native: bool = False, card: dict | None = None
+) -> Path:
+    """Write ``model`` (and ``tokenizer``) to ``out_dir``; ``native=True`` uses the backbone's HF class.
+
+    The folder's ``README.md`` is its model card, written last: from the model's config, and with
+    ``card`` (a run's record as in ``metrics.json``, its config under ``config``) the run's metrics,
+    command and data too (see :mod:`hydrahead.model_card`).
+    """
     model = _merged(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +146,9 @@ def export_model(model, out_dir: str | Path, tokenizer=None, native: bool = Fals
     target.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+    from hydrahead.model_card import write_model_card
+
+    write_model_card(out_dir, model.config, card, native=type(target).__name__ if native else None)
     return out_dir
 
 
@@ -172,7 +183,7 @@ def export_run(
             ckpt.name,
         )
     model, tokenizer = rebuild_from_run(run.dir, str(ckpt))
-    return _write_export(model, tokenizer, out, native)
+    return _write_export(model, tokenizer, out, native, card=_run_card(run, ckpt))
 
 
 def _load_run_dir(run_dir: str | Path):
@@ -349,14 +360,27 @@ def _check_out(out: Path) -> None:
         raise ExportError(f"--out {out}: exists and is not an export; give a new or empty directory")
 
 
-def _write_export(model, tokenizer, out: Path, native: bool) -> Path:
+def _run_card(run, ckpt: Path) -> dict:
+    """What the model card says of the run: its ``metrics.json`` record and saved config. Its metrics
+    are its best checkpoint's: an export of another checkpoint lists none."""
+    card = {**run.record, "config": run.config}
+    best = run.checkpoints.get("best")
+    if "metrics" in card and (best is None or best.resolve() != ckpt.resolve()):
+        card.pop("metrics")
+        card["metrics_note"] = (
+            f"these weights are {ckpt.name}'s, and the run's metrics are of its best checkpoint: none listed."
+        )
+    return card
+
+
+def _write_export(model, tokenizer, out: Path, native: bool, card: dict | None = None) -> Path:
     """Export into a temporary sibling, then swap it in: a failed export leaves ``out`` as it was."""
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
         try:
-            export_model(model, tmp, tokenizer, native=native)
+            export_model(model, tmp, tokenizer, native=native, card=card)
         except ValueError as err:  # no native class for this head
             raise ExportError(f"--native: {err}") from None
         if out.exists():

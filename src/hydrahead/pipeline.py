@@ -209,8 +209,9 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
         extra["mdl"] = online_code(model, splits, shared.encoded, typed, trainer_args)
         metrics.update(extra["mdl"]["metrics"])
     best = metrics.get(typed.task.monitor)
-    if typed.export is True:
-        export_model(model, run_dir.model_dir, shared.tokenizer)
+    if typed.export is True:  # the card's metrics are metrics.json's: all of them are known here
+        card = {**run_dir.record, **result, "metrics": metrics, "engine": ENGINE, "config": hparams}
+        export_model(model, run_dir.model_dir, shared.tokenizer, card=card)
     if logger:
         logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
         if typed.logger.name == "wandb":
@@ -576,8 +577,6 @@ def _fit_lightning(
         if module.kept.get(stage, {}).get("logits")
     }
     finished = _finish(module.model, typed, outputs, run_dir, metrics, logger)
-    if typed.export is True or (typed.export == "auto" and bb.freeze is not True):
-        export_model(module.model, run_dir.model_dir, tokenizer)
     extra = {**loss_record, **finished, **_controls_record(typed, encoded, labels)}
     if typed.task.mdl and shared:
         from hydrahead.training.mdl import online_code
@@ -588,6 +587,10 @@ def _fit_lightning(
         from hydrahead.adapters import adapter_record
 
         extra["adapter"] = adapter_record(module.model, bb)
+    if typed.export is True or (typed.export == "auto" and bb.freeze is not True):
+        # After MDL: the card's metrics are metrics.json's, every one known by now.
+        card = {**run_dir.record, **extra, "metrics": metrics, "epochs": trainer.current_epoch}
+        export_model(module.model, run_dir.model_dir, tokenizer, card={**card, "config": hparams})
     best = metrics.get(typed.task.monitor)
     if logger and typed.logger.name == "wandb":
         logger.experiment.summary.update({**metrics, "best": best})

@@ -13,7 +13,7 @@ softmax, or sigmoid for multilabel).
 One output row per input row: ``line`` (the input's line; Parquet: row number), ``id`` (when the
 input has the id field), then per level and task:
 
-  sequence   multiclass: label, score (+ top_k: [{label, score}, ...] with top_k > 1)
+  sequence   multiclass: label, score (+ top_k: [{label, score}, ...] unless top_k=1; 0: all)
              multilabel: labels (those scoring above the threshold), scores ({label: p})
   token      tokens, tags (one per word, from its first subword), scores (+ top_k)
   positions  word_positions or spans, labels (one per position), scores (+ top_k)
@@ -30,7 +30,7 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -434,6 +434,7 @@ def iter_predictions(
     on_error: str = "raise",
     id_field: str = "id",
     summary: PredictSummary | None = None,
+    on_batch: Callable[[int], object] | None = None,
 ) -> Iterator[list[dict]]:
     """The output rows of ``path``, one list per chunk of ``chunk_size`` input rows, in input order.
 
@@ -450,21 +451,24 @@ def iter_predictions(
     summary = summary if summary is not None else PredictSummary()
     # Checked here, before the first row: a missing file or a wrong format raises at the call.
     rows = iter_examples(path, predictor.data, predictor.task, with_labels=False, keep=(id_field,))
-    return _predictions(predictor, rows, batch_size, chunk_size, top_k, on_error, id_field, summary)
+    return _predictions(predictor, rows, batch_size, chunk_size, top_k, on_error, id_field, summary, on_batch)
 
 
-def _predictions(predictor, rows, batch_size, chunk_size, top_k, on_error, id_field, summary):
+def _predictions(predictor, rows, batch_size, chunk_size, top_k, on_error, id_field, summary, on_batch):
     def encoded():
         for line, example in rows:
-            try:
-                if isinstance(example, DataError):
-                    raise example
-                yield line, example, *predictor.encode(example)
-            except DataError as err:
-                if on_error == "raise":
-                    raise
-                summary.skipped += 1
-                summary.first_skipped = summary.first_skipped or str(err)
+            if not isinstance(example, DataError):
+                try:
+                    feature, slots = predictor.encode(example)
+                except DataError as err:
+                    example = err
+                else:
+                    yield line, example, feature, slots
+                    continue
+            if on_error == "raise":
+                raise example
+            summary.skipped += 1
+            summary.first_skipped = summary.first_skipped or str(example)
 
     for chunk in _chunks(encoded(), chunk_size):
         # Longest first: similar lengths share a batch (little padding), and an out-of-memory shows at once.
@@ -475,6 +479,8 @@ def _predictions(predictor, rows, batch_size, chunk_size, top_k, on_error, id_fi
             scored = predictor.probabilities([chunk[i][2] for i in batch], [chunk[i][3] for i in batch])
             for i, p in zip(batch, scored):
                 probs[i] = p
+            if on_batch is not None:
+                on_batch(len(batch))
         out = []
         for (line, example, _, slots), p in zip(chunk, probs):
             out.append(_output_row(line, example, p, slots, predictor, top_k, id_field))
@@ -549,27 +555,27 @@ def predict_file(
     if str(output) != "-" and Path(output).expanduser().resolve() == Path(input).expanduser().resolve():
         raise PredictError(f"--output {output}: is the input file; give another path")
     summary = PredictSummary(output=str(output))
-    chunks = iter_predictions(
-        predictor,
-        input,
-        batch_size=batch_size,
-        chunk_size=chunk_size,
-        top_k=top_k,
-        on_error=on_error,
-        id_field=id_field,
-        summary=summary,
-    )
-    total = _row_count(Path(input))
-    writer = _Writer(
-        Path(output).expanduser() if str(output) != "-" else "-", output_columns(predictor, top_k)
-    )
-    try:
-        with _progress(progress, total) as bar:
+    with _progress(progress, _row_count(Path(input))) as bar:
+        chunks = iter_predictions(
+            predictor,
+            input,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            top_k=top_k,
+            on_error=on_error,
+            id_field=id_field,
+            summary=summary,
+            on_batch=bar,
+        )
+        # Opened once the input is known to be readable; written to in place, so rows stay on failure.
+        writer = _Writer(
+            Path(output).expanduser() if str(output) != "-" else "-", output_columns(predictor, top_k)
+        )
+        try:
             for rows in chunks:
                 writer.write(rows)
-                bar(len(rows))
-    finally:
-        writer.close()
+        finally:
+            writer.close()
     if summary.skipped:
         log.warning(
             "skipped %d bad row(s) (--on-error skip); first: %s", summary.skipped, summary.first_skipped
@@ -605,5 +611,5 @@ def _progress(enabled: bool, total: int | None):
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="row", file=sys.stderr, dynamic_ncols=True, desc="predict") as bar:
+    with tqdm(total=total, unit=" rows", file=sys.stderr, dynamic_ncols=True, desc="predict") as bar:
         yield bar.update

@@ -5,7 +5,10 @@ Canonical example keys per level (the file's field names are configurable, see D
   token:     tokens (list of words), tags (list of str; multilabel: list of lists)
   positions: text + spans ([[start, end], ...] character offsets) or tokens + word_positions,
              and labels (one per position; multilabel: a list per position)
-Every example also carries ``_where`` ("file:line") so later errors can point at it.
+Every example also carries ``_where`` ("file:line") so later errors can point at it. A label that
+is a JSON object, or a list where one label is expected, is refused there (multilabel: lists of names).
+:func:`iter_examples` reads lazily (training reads a split whole with :func:`read_examples`; prediction
+streams with ``with_labels=False``, which reads the inputs alone).
 
 CSV cells holding lists are JSON (``["a", "b"]``); tokens and tags may also be space-separated and
 multilabel labels ``|``-separated. CoNLL: one token per line, tag in the last column (``|``
