@@ -209,3 +209,28 @@ def test_reports_agree_with_the_metrics(tmp_path, monkeypatch):
     assert [r["label"] for r in per_class] == json.loads((run_dir / "labels.json").read_text())["labels"]
     f1 = sum(float(r["f1"]) for r in per_class) / len(per_class)
     assert f1 == pytest.approx(record["metrics"]["test/f1_macro"], abs=1e-5)
+
+
+def test_predict_on_a_calibrated_frozen_run_uses_its_temperature(tmp_path, monkeypatch):
+    from hydrahead.data.synthetic import generate
+    from hydrahead.export import rebuild_from_run
+    from hydrahead.predict import iter_predictions, load_predictor
+
+    run_dir = tmp_path / "run"
+    run_train([*FAST, "backbone.freeze=true", "calibrate=temperature"], run_dir, monkeypatch)
+    temperature = read_metrics(run_dir)["calibration"]["temperature"]
+    assert not (run_dir / "model").exists()  # a frozen run: rebuilt from its head checkpoint
+    model, tokenizer = rebuild_from_run(run_dir)
+    assert model.config.calibration_temperature == pytest.approx(temperature)
+    examples = generate("sequence", "multiclass", "test", 6, seed=3)
+    file = tmp_path / "in.jsonl"
+    file.write_text("".join(json.dumps({"text": e["text"]}) + "\n" for e in examples))
+    rows = [row for chunk in iter_predictions(load_predictor(run_dir), file, top_k=0) for row in chunk]
+    model.config.calibration_temperature = 1.0
+    for example, row in zip(examples, rows):
+        with torch.no_grad():
+            raw = model(**tokenizer(example["text"], return_tensors="pt")).logits[0]
+        expected = (raw / temperature).softmax(-1)
+        scores = {entry["label"]: entry["score"] for entry in row["top_k"]}
+        for i, p in enumerate(expected.tolist()):
+            assert scores[model.config.id2label[i]] == pytest.approx(p, abs=1e-5)

@@ -111,26 +111,6 @@ def card_metrics(metrics) -> dict:
     }
 
 
-def read_front_matter(text: str) -> dict:
-    """The YAML front matter of a card's text ({} without one)."""
-    import yaml
-
-    if not text.startswith("---\n"):
-        return {}
-    end = text.find("\n---\n", 4)
-    return yaml.safe_load(text[4:end]) or {} if end > 0 else {}
-
-
-def model_index_metrics(front_matter: dict) -> dict:
-    """``{metric name: value}`` from a card's ``model-index`` (the name is the ``metrics.json`` key)."""
-    found = {}
-    for model in front_matter.get("model-index") or []:
-        for result in model.get("results") or []:
-            for metric in result.get("metrics") or []:
-                found[metric.get("name") or metric["type"]] = metric["value"]
-    return found
-
-
 # ------------------------------------------------------------------------------------ front matter
 
 
