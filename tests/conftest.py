@@ -187,3 +187,84 @@ def count_backbone_calls(monkeypatch):
 
     monkeypatch.setattr(modeling_bert.BertModel, "forward", counting)
     return calls
+
+
+# -- the local SLURM cluster (scripts/local_slurm.sh) ------------------------------------------
+LOCAL_SLURM = Path(__file__).resolve().parents[1] / "scripts" / "local_slurm.sh"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's -m selection, so `-m "not slow"` leaves them out
+def pytest_collection_modifyitems(config, items):
+    """``slurm`` tests are slow tests too: they run in ``make test-slow``, never in ``make test``."""
+    for item in items:
+        if item.get_closest_marker("slurm") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
+class SlurmCluster:
+    """The running single-node cluster: its partition and a few squeue/scontrol helpers."""
+
+    partition = "debug"
+    done = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")
+
+    def sbatch(self, *args: str) -> str:
+        """``sbatch --parsable -p <partition> ARGS``: the job id."""
+        out = subprocess.run(
+            ["sbatch", "--parsable", "-p", self.partition, *args], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip().split(";")[0]
+
+    def jobs(self) -> list[dict[str, str]]:
+        """Every job squeue still knows (finished ones stay MinJobAge=300 s): id (``12`` or ``12_3``),
+        array (the array's job id, else the id), state, reason, name."""
+        out = subprocess.run(
+            ["squeue", "-h", "-t", "all", "-o", "%i|%F|%T|%r|%j"], capture_output=True, text=True, check=True
+        )
+        keys = ("id", "array", "state", "reason", "name")
+        return [dict(zip(keys, line.split("|", 4))) for line in out.stdout.splitlines() if line]
+
+    def release(self, job_id: str) -> None:
+        """Start a pending job now: SLURM holds a requeued job for 120 s (BeginTime)."""
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+    def wait(self, job_id: str, timeout: float = 120) -> dict[str, str]:
+        """Poll until the job (every task of an array) has finished: ``{id: state}``."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            states = {j["id"]: j["state"] for j in self.jobs() if job_id in (j["id"], j["array"])}
+            if states and all(state in self.done for state in states.values()):
+                return states
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"SLURM job {job_id} not finished after {timeout} s: {states}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The local SLURM cluster, started once per session by scripts/local_slurm.sh (reused when up).
+
+    Skips where there is no SLURM to start (not root, no packages and no apt to install them); fails
+    when the packages are there but the cluster does not come up. Stopped at the end only if started here.
+    """
+    if shutil.which("bash") is None or not LOCAL_SLURM.exists():
+        pytest.skip(f"no SLURM: needs bash and {LOCAL_SLURM}")
+    script = ["bash", str(LOCAL_SLURM)]
+    running = subprocess.run([*script, "status"], capture_output=True, text=True).returncode == 0
+    if not running:
+        start = subprocess.run([*script, "start"], capture_output=True, text=True, timeout=900)
+        if start.returncode == 2:
+            reason = (start.stderr.strip().splitlines() or ["(no output)"])[-1]
+            pytest.skip(f"no SLURM: scripts/local_slurm.sh start failed: {reason}")
+        if start.returncode != 0:
+            pytest.fail(
+                f"scripts/local_slurm.sh start failed (exit {start.returncode}):\n{start.stdout}{start.stderr}"
+            )
+    conf = subprocess.run([*script, "env"], capture_output=True, text=True, check=True).stdout
+    with pytest.MonkeyPatch.context() as mp:
+        # The script also links /etc/slurm/slurm.conf; SLURM_CONF covers a HYDRAHEAD_SLURM_DIR elsewhere.
+        mp.setenv("SLURM_CONF", conf.strip().removeprefix("export SLURM_CONF="))
+        yield SlurmCluster()
+    if not running:
+        subprocess.run([*script, "stop"], capture_output=True, text=True, timeout=120)

@@ -74,8 +74,19 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from hydrahead.data.encode import DataError
     from hydrahead.pipeline import run
 
+    from .console import job_line, print_summary, start_line
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
-        return run(cfg).best
+        log.info("%s", start_line(cfg, dict(hc.runtime.choices)))
+    except Exception as err:  # a line of text must never stop a run
+        log.warning("could not describe the run: %s: %s", type(err).__name__, err)
+    # Python warnings (Lightning's, torch's, W&B's) become log records: train.log keeps them, the
+    # console filter (conf/hydra/job_logging/hydrahead.yaml) keeps them off the screen. Only for this job.
+    logging.captureWarnings(True)
+    try:
+        result = run(cfg)
     except SystemExit as stop:
         if type(stop).__name__ == "SIGTERMException":  # Lightning's, a SystemExit with status 0
             print(
@@ -86,17 +97,96 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise SystemExit(143) from None
         raise
     except (ConfigError, DataError, OSError) as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             raise  # the sweep records it and goes on with the other jobs
         if isinstance(err, OSError) and err.errno not in _DISK_ERRORS:
             raise
         where = f" (recorded in {cfg.paths.output_dir}/metrics.json)" if isinstance(err, OSError) else ""
         fail(f"{err}{where}")
+    finally:
+        logging.captureWarnings(False)
+    try:
+        if multirun:
+            log.info("%s", job_line(hc.job.num, result))
+        else:
+            print_summary(result)  # console only: train.log and metrics.json have it all already
+    except Exception as err:  # the run is done and recorded: a summary that fails must not fail it
+        log.warning("could not print the run's summary: %s: %s", type(err).__name__, err)
+    return result.best
+
+
+def _config_flag(argv: list[str]) -> tuple[int, str] | None:
+    """Where ``--cfg``/``-c`` is in ``argv`` and its value (job, hydra, all), or None."""
+    for i, arg in enumerate(argv):
+        if arg in ("--cfg", "-c"):
+            return i, argv[i + 1] if i + 1 < len(argv) else ""
+        if arg.startswith("--cfg="):
+            return i, arg.split("=", 1)[1]
+    return None
+
+
+def _one_job(override: str) -> str | None:
+    """A sweep override with its first value (``head=linear,mlp`` -> ``head=linear``); the override as it
+    is when it sweeps nothing; None when its first value cannot be told (an interval to search)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+        if not parsed.is_sweep_override():
+            return override
+        return f"{override.split('=', 1)[0]}={next(parsed.sweep_string_iterator())}"
+    except Exception:
+        return None
+
+
+def check_config_flags(argv: list[str]) -> list[str]:
+    """``--cfg`` prints one job's config: with ``-m`` Hydra stops in a traceback, so say what to run
+    instead (exit 2). ``--resolve`` needs the run dir ``paths.output_dir`` reads from Hydra's runtime,
+    which a printed config has none of: it gets the one a run started now would get (``hydra.run.dir``).
+    Returns the arguments to hand Hydra."""
+    import shlex
+
+    flag = _config_flag(argv)
+    if flag is None:
+        return argv
+    if "-m" in argv or "--multirun" in argv:
+        job, swept = [], []
+        for arg in (a for a in argv if a not in ("-m", "--multirun")):
+            one = arg if arg.startswith("-") or "=" not in arg else _one_job(arg)  # flags and their values
+            if one != arg:
+                swept.append(arg.split("=", 1)[0])
+            if one is not None:
+                job.append(one)
+        command = f"hydrahead-train {shlex.join(job)}"
+        if swept:
+            fail(
+                f"--cfg shows one job's config, not a sweep's: drop -m and give {', '.join(swept)} one "
+                f"value each ({command})"
+            )
+        axes = ""
+        if flag[1] != "hydra":
+            takes_value = {"--cfg", "-c", "-p", "--package"}  # the printing flags, left out here
+            rest = [
+                a
+                for a, prev in zip(job, ["", *job])
+                if a != "--resolve" and a.split("=", 1)[0] not in takes_value and prev not in takes_value
+            ]
+            axes = f"; its axes are in hydra.sweeper.params (hydrahead-train {shlex.join(rest)} --cfg hydra)"
+        fail(f"--cfg shows one job's config, not a sweep's: drop -m ({command}){axes}")
+    if "--resolve" in argv and not any(a.split("=", 1)[0].lstrip("+~") == "paths.output_dir" for a in argv):
+        i, shows = flag
+        argv = [*argv, "paths.output_dir=${hydra:run.dir}"]
+        if shows == "hydra":  # hydra.run.dir reads paths.*: the hydra part of the whole config, resolved
+            argv[i : i + (1 if argv[i].startswith("--cfg=") else 2)] = ["--cfg", "all"]
+            if not any(a in ("-p", "--package") or a.startswith("--package=") for a in argv):
+                argv += ["--package", "hydra"]
+    return argv
 
 
 def main() -> None:
     """Console entry point: preflight checks, Hydra's main, and a list of failed jobs when a sweep fails."""
-    argv = sys.argv[1:]
+    argv = check_config_flags(sys.argv[1:])
+    sys.argv[1:] = argv  # Hydra reads sys.argv
     if not any(arg in _NOT_A_RUN or arg.startswith(_OWN_CONFIG) for arg in argv):
         from hydrahead.config.validate import preflight
 

@@ -31,6 +31,12 @@ def if_frozen(freeze, frozen_value, trainable_value):
     return frozen_value if freeze is True else trainable_value
 
 
+def if_tiny(name_or_path, tiny_value, other_value):
+    """``tiny_value`` for a tiny random encoder (``backbone.name_or_path=tiny:*``), else the other: a
+    4-layer, 32-wide encoder trained from scratch needs learning rates no pretrained backbone wants."""
+    return tiny_value if str(name_or_path).startswith("tiny:") else other_value
+
+
 def register_resolvers() -> None:
     """Resolvers the shipped configs use (idempotent).
 
@@ -39,6 +45,8 @@ def register_resolvers() -> None:
     job's directory name. ``hh.direction``: task.mode (max/min) as an optimizer direction.
     ``hh.mkdir``: a directory path, created on first use. ``hh.if_frozen``: one value for a
     frozen backbone, another for a trainable one (``${hh.if_frozen:${backbone.freeze},A,B}``).
+    ``hh.if_tiny``: one value for a tiny random encoder, another for the rest
+    (``${hh.if_tiny:${backbone.name_or_path},A,B}``).
     """
     from hydrahead.utils.paths import project_root
 
@@ -50,6 +58,7 @@ def register_resolvers() -> None:
         "hh.direction": lambda mode: {"max": "maximize", "min": "minimize"}[mode],
         "hh.mkdir": mkdir,
         "hh.if_frozen": if_frozen,
+        "hh.if_tiny": if_tiny,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

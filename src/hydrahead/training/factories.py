@@ -23,16 +23,19 @@ def build_logger(
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(run_dir), name="csv", version="")
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     wb = cfg.wandb
     if wb.api_key:
         os.environ["WANDB_API_KEY"] = wb.api_key
-    extra = {}
+    mode = wb.mode or os.environ.get("WANDB_MODE", "offline")
+    # W&B's own lines (its version, "syncing is set to offline", the run's history and summary, where
+    # its logs are) ask nothing of the user offline: hydrahead-train's summary gives the `wandb sync`
+    # command, <run>/wandb/ keeps W&B's logs. Online, its warnings and the run's link stay.
+    settings: dict = {"silent": True} if mode in ("offline", "disabled") else {"quiet": True}
     if quiet:
-        import wandb
-
-        extra["settings"] = wandb.Settings(
+        settings.update(
             x_disable_stats=True,
             x_disable_meta=True,
             x_disable_machine_info=True,
@@ -42,17 +45,21 @@ def build_logger(
             console="off",
             silent=True,
         )
-    return WandbLogger(
-        **extra,
+    logger = WandbLogger(
+        settings=wandb.Settings(**settings),
         project=wb.project,
         entity=wb.entity,
         name=name,
         group=wb.group or group,
         tags=list(wb.tags),
         save_dir=str(run_dir),
-        mode=wb.mode or os.environ.get("WANDB_MODE", "offline"),
+        mode=mode,
         config=config,
     )
+    # Lightning hands wandb.init anonymous=None, a setting W&B no longer reads and warns about in every
+    # process (before any silent setting applies): leave it out.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    return logger
 
 
 def build_callbacks(cfg: CallbacksConfig, task: TaskConfig, checkpoints: Path, logging: bool) -> list:

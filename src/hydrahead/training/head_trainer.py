@@ -350,7 +350,7 @@ class HeadTrainer:
                     step += 1
                     samples += int(batch["labels"].shape[0])
                     if self.logger and step % log_every == 0:
-                        values = {"train/loss": float(loss), "epoch": epoch}
+                        values = {"train/loss": float(loss.detach()), "epoch": epoch}
                         if typed.callbacks.lr_monitor:
                             for group in optimizer.param_groups:
                                 values[f"lr-{type(optimizer).__name__}/{group['name']}"] = group["lr"]
