@@ -132,23 +132,24 @@ def test_by_overrides_the_detected_keys(sweep, tmp_path):
 
 
 def test_two_sweeps_at_once(sweep, tmp_path):
-    # B: the same heads with another learning rate (constant within each sweep, different between them)
+    # B: the same heads with another learning rate (constant within each sweep, different between them;
+    # A's is the tiny encoders' default, 0.01)
     b = copy_sweep(sweep, tmp_path / "many" / "B")
     for job in "0123":
         overrides = yaml.safe_load((b / job / ".hydra" / "overrides.yaml").read_text())
-        (b / job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, "optimizer.lr=0.01"]))
+        (b / job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, "optimizer.lr=0.003"]))
         payload = job_metrics(b / job)
         payload["metrics"]["val/acc"] += 0.5
         (b / job / "metrics.json").write_text(json.dumps(payload))
     comp = run_compare([sweep, b], out=tmp_path / "ab", show=False)
     assert comp.keys == ["head", "optimizer.lr"]
     assert sorted((r["keys"]["head"], r["keys"]["optimizer.lr"], r["n"]) for r in comp.rows) == [
-        ("linear", "0.001", 2),
+        ("linear", "0.003", 2),
         ("linear", "0.01", 2),
-        ("mlp", "0.001", 2),
+        ("mlp", "0.003", 2),
         ("mlp", "0.01", 2),
     ]
-    assert all(r["keys"]["optimizer.lr"] == "0.01" for r in comp.rows[:2])  # +0.5: the best two
+    assert all(r["keys"]["optimizer.lr"] == "0.003" for r in comp.rows[:2])  # +0.5: the best two
     assert comp.plot_kind == "line"  # numeric axis (lr), one line per head
     assert (tmp_path / "ab" / "comparison.png").read_bytes().startswith(PNG_SIGNATURE)
     assert len(comp.sweeps) == 2 and "B" in (tmp_path / "ab" / "comparison.md").read_text().splitlines()[0]

@@ -62,10 +62,10 @@ def lora_run(tmp_path_factory):
     seen = {}
     real_export = hydrahead.export.export_model
 
-    def capturing(model, out_dir, tokenizer=None, native=False):
+    def capturing(model, out_dir, tokenizer=None, native=False, **kwargs):
         seen.update(model=model, tokenizer=tokenizer, inputs=_inputs(tokenizer))
         seen["logits"] = _logits(model, seen["inputs"])
-        out = real_export(model, out_dir, tokenizer, native=native)
+        out = real_export(model, out_dir, tokenizer, native=native, **kwargs)
         seen["logits_after"] = _logits(model, seen["inputs"])
         return out
 
