@@ -1031,7 +1031,8 @@ def report(results: dict, args) -> None:
         for hidden, side in results["g"]["heads"].items():
             plain, mdl = side["plain"], side["mdl"]
             console.print(
-                f"  (g) head.hidden_layers={hidden}, median of {results['g']['repeats']}: plain run {plain['wall_s']:.1f} s (train "
+                f"  (g) head.hidden_layers={hidden}, median of {results['g']['repeats']}: "
+                f"plain run {plain['wall_s']:.1f} s (train "
                 f"{plain['train_s']:.2f} s), with task.mdl=online {mdl['wall_s']:.1f} s (train "
                 f"{mdl['train_s']:.2f} s + online code {mdl['mdl_s']:.2f} s): whole command "
                 f"{side['wall_ratio']:.2f}x, head compute {side['compute_ratio']:.2f}x; compression "

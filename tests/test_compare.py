@@ -289,3 +289,25 @@ def test_calibration_columns_sit_beside_the_metric(tmp_path):
     with open(sweep / "comparison.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [float(r["val/ece"]) for r in rows] == pytest.approx([0.305, 0.105])  # sorted by val/acc
+
+
+def test_cancelled_and_requeued_jobs_are_shown_with_their_status(tmp_path, capsys):
+    from hydrahead.rundir import mark_cancelled
+
+    s = tmp_path / "slurm"
+    fabricate_job(s / "0_7_0", ["head=linear", "seed=0"], metrics={"val/acc": 0.8})
+    fabricate_job(s / "1_7_1", ["head=linear", "seed=1"], "failed", error="RuntimeError: stopped by SIGTERM")
+    mark_cancelled(s / "1_7_1", "scancel: SLURM job 7_1 was cancelled")
+    fabricate_job(s / "2_7_2", ["head=mlp", "seed=0"], "requeued", attempt=2)
+    fabricate_job(s / "3_7_3", ["head=mlp", "seed=1"], metrics={"val/acc": 0.9})
+    comp = run_compare([s], out=tmp_path / "out")
+    rows = {r["keys"]["head"]: r for r in comp.rows}
+    assert (rows["linear"]["n"], rows["linear"]["failed"], rows["linear"]["running"]) == (1, 1, 0)
+    assert (rows["mlp"]["n"], rows["mlp"]["failed"], rows["mlp"]["running"]) == (1, 0, 1)  # may complete
+    out = capsys.readouterr().out
+    assert (
+        f"cancelled: {s / '1_7_1'} — scancel: SLURM job 7_1 was cancelled" in out
+    )  # the reason, not SIGTERM
+    assert f"requeued: {s / '2_7_2'} — attempt 2, waiting in the queue to run again" in out
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "- cancelled: " in md and "- requeued: " in md

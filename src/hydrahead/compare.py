@@ -71,6 +71,8 @@ CONTROL_CSV_COLUMNS = [
 ]  # fmt: skip
 """comparison.csv's columns after the key columns with controls (then ``missing``, ``seeds``)."""
 _UNKNOWN = object()
+UNFINISHED = ("running", "pending", "requeued")
+"""Statuses counted under ``running``: the job may still complete. Failed and cancelled count as failed."""
 
 
 class CompareError(Exception):
@@ -153,7 +155,9 @@ def read_job(job_dir: Path, sweep: Path) -> dict:
         "metrics": run.metrics,
         "monitor": run.monitor,
         "mode": task.get("mode"),
-        "error": run.error,
+        # a cancelled job's why is its reason (scancel, lost by SLURM), not the SIGTERM it died of
+        "error": (run.record.get("reason") if run.status == "cancelled" else None) or run.error,
+        "attempt": run.record.get("attempt"),
         "host": run.record.get("host"),
         "pid": run.record.get("pid"),
         "killed": run.killed,
@@ -478,7 +482,7 @@ def compare(
                 elif not (controls and is_control(run)):  # with controls: the real jobs' mean
                     values.append(float(value))
                     seeds.append(format_value(run["seed"]))
-            elif run["status"] in ("running", "pending"):
+            elif run["status"] in UNFINISHED:
                 row["running"] += 1
             else:
                 row["failed"] += 1
@@ -620,12 +624,16 @@ def baseline_text(comp: Comparison) -> str:
 
 
 def _problems(comp: Comparison) -> list[str]:
+    """A line per job that did not complete: ``<status>: <dir> — <why>`` (a cancelled job's reason,
+    a requeued job's attempt, a running job's host and pid)."""
     lines = []
     for run in comp.runs:
         if run["status"] not in ("completed",):
             note = run["error"] or ("no metrics.json yet" if run["status"] == "pending" else "")
             if run["status"] == "running" and run.get("host"):
                 note = f"on {run['host']}, pid {run.get('pid')}"
+            if run["status"] == "requeued":
+                note = f"attempt {run.get('attempt') or '?'}, waiting in the queue to run again"
             lines.append(f"{run['status']}: {run['dir']}" + (f" — {note}" if note else ""))
     return lines
 
@@ -690,7 +698,7 @@ def print_table(comp: Comparison) -> None:
     for line in _problems(comp):
         console.print(
             line,
-            style="yellow" if line.startswith(("running", "pending")) else "red",
+            style="yellow" if line.startswith(tuple(UNFINISHED)) else "red",
             highlight=False,
             markup=False,
         )

@@ -11,10 +11,13 @@ validate (before any weights load) -> data -> model -> Lightning fit -> evaluate
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
 import os
+import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,9 +57,17 @@ def run(cfg: DictConfig) -> RunResult:
 
     ``metrics.json`` says ``running`` while it trains, then ``completed``, or ``failed`` with the
     error, which is raised again. Config errors are raised before any weights load.
+
+    Under submitit hydrahead owns the job's signals (``training.interrupt``): a time limit or a
+    preemption ends it ``requeued`` (resumable mid-epoch ``last.ckpt``, submitit requeues it into
+    this dir, where the next attempt goes on), ``scancel`` ends it ``cancelled``.
     """
     from hydrahead.data.cache import digest
+    from hydrahead.training import interrupt
 
+    if _replica_rank() > 0:  # a task of a multi-task SLURM job other than rank 0
+        return _run_slurm_replica(cfg)
+    interrupt.install()  # under submitit: SIGUSR2 and SIGTERM are hydrahead's from here on
     run_dir = RunDir(cfg.paths.output_dir).create()
     _keep_library_files_in(Path(cfg.paths.cache_dir))
     start = time.perf_counter()
@@ -74,19 +85,94 @@ def run(cfg: DictConfig) -> RunResult:
         overrides=[redact(o, secrets) for o in job.get("overrides", [])],
         config_digest=config_digest,
     )
+    if cfg.logger.name == "wandb":  # one W&B run per job: its attempts append to it
+        run_dir.record.setdefault("wandb_id", _new_wandb_id())
+    stopped = None
+    steps_before = run_dir.record.get("steps_executed", 0)
     try:
-        typed = validate(cfg)
-        run_dir.save_config(cfg, job.get("overrides", []))
-        run_dir.write()
-        run_dir.record.update(_fit(cfg, typed, run_dir, job, secrets))
-        run_dir.record["status"] = "completed"
+        with interrupt.job():
+            typed = validate(cfg)
+            run_dir.save_config(cfg, job.get("overrides", []))
+            run_dir.write()
+            record = _fit(cfg, typed, run_dir, job, secrets)
+            interrupt.finishing()  # trained, evaluated, exported: a signal now changes nothing
+            run_dir.record.update(record)
+            run_dir.record["status"] = "completed"
         return RunResult(run_dir.path, run_dir.record)
+    except interrupt.Interrupted as stop:
+        with interrupt.deferred():
+            stopped = interrupt.outcome()
+            log.warning("%s: the job stops (%s, %s)", stop, stopped.status, stopped.reason)
+            if stopped.status == "requeued":
+                run_dir.requeue(stopped.reason, interrupt.progress.global_step)
+            elif stopped.status == "cancelled":
+                run_dir.cancel(stopped.reason)
+            else:
+                run_dir.fail(f"{stop}: {stopped.reason}")
+        raise
     except BaseException as err:
         run_dir.fail(err)
         raise
     finally:
-        run_dir.write(wall_s=round(time.perf_counter() - start, 3))
-        _finish_wandb(run_dir.record["status"] == "completed")
+        with interrupt.deferred():
+            run_dir.write(
+                wall_s=round(time.perf_counter() - start, 3),
+                steps_executed=steps_before + interrupt.progress.steps,
+            )
+            _finish_wandb(run_dir.record["status"])
+            _finish_ddp(run_dir.record["status"] == "completed")
+            _release_memory()
+        if stopped is not None:
+            interrupt.hand_over(stopped)  # submitit requeues (no result pickle), or the job ends
+
+
+def _replica_rank() -> int:
+    """This process's rank in a multi-process (DDP) job; 0 in rank 0 and in a one-process job."""
+    imported = "hydrahead.training.ddp" in sys.modules or "HYDRAHEAD_DDP_RANK" in os.environ
+    if not imported and int(os.environ.get("SLURM_NTASKS", "1") or 1) <= 1:
+        return 0  # without importing Lightning
+    from hydrahead.training.ddp import replica_rank
+
+    return replica_rank()
+
+
+def _finish_ddp(ok: bool) -> None:
+    """Out of the process group, DDP workers reaped, the environment Lightning's launch set undone."""
+    if "hydrahead.training.ddp" in sys.modules:
+        from hydrahead.training import ddp
+
+        ddp.finish(ok)
+
+
+def run_replica(config: dict, check_done: bool = False) -> RunResult:
+    """DDP rank > 0 of a job rank 0 runs (``hydrahead.cli.ddp_worker``, or a SLURM task): the same
+    data, model and Lightning fit, its share of every batch and evaluation, and nothing written:
+    rank 0 keeps the run dir. ``config`` is the job's resolved config (a plain dict).
+    ``check_done``: a job this dir already completed is not trained again (rank 0 skips it too).
+    """
+    from hydrahead.config.schema import TrainConfig
+    from hydrahead.data.cache import digest
+
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), config)
+    run_dir = RunDir(cfg.paths.output_dir)
+    rank = _replica_rank()
+    if check_done and run_dir.completed_record(digest(config)) is not None:
+        return RunResult(run_dir.path, {"status": "completed", "rank": rank})
+    _keep_library_files_in(Path(cfg.paths.cache_dir))
+    typed = validate(cfg, deep=False)  # rank 0 has checked it deeply
+    _fit(cfg, typed, run_dir, {}, secret_values(cfg))
+    return RunResult(run_dir.path, {"status": "replica", "rank": rank})
+
+
+def _run_slurm_replica(cfg: DictConfig) -> RunResult:
+    """``run(cfg)`` in a SLURM task of rank > 0: :func:`run_replica`, then out of the process group."""
+    ok = False
+    try:
+        result = run_replica(OmegaConf.to_container(cfg, resolve=True), check_done=True)
+        ok = True
+        return result
+    finally:
+        _finish_ddp(ok)
         _release_memory()
 
 
@@ -144,6 +230,11 @@ def _fit(cfg: DictConfig, typed: TrainConfig, run_dir: RunDir, job: dict, secret
         return _fit_lightning(
             cfg, typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, None, needs_lightning
         )
+    if _replica_rank() > 0:
+        # The head trainer is one process (a head on cached features gains nothing from more): under
+        # a multi-task SLURM job rank 0 trains it alone, and the other tasks go on to the next job.
+        log.info("head trainer: rank 0 trains this frozen head alone")
+        return {}
     return _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hparams_base)
 
 
@@ -152,7 +243,7 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
     from hydrahead.build import build_model
     from hydrahead.data.features import select
     from hydrahead.export import export_model
-    from hydrahead.training import factories
+    from hydrahead.training import factories, interrupt
     from hydrahead.training.head_trainer import ENGINE, HeadTrainer
     from hydrahead.utils import malloc
 
@@ -173,16 +264,18 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
     splits = select(shared.payload, model.layer_indices, typed.head.pooling, data.level, shared.row_labels)
     params_total, params_trainable = _parameter_counts(model, head_only=True)
     hparams = {**hparams_base, "labels": shared.labels}
-    logger = factories.build_logger(
-        typed.logger,
-        run_dir.path,
-        hparams,
-        redact(job.get("name", "run"), secrets),
-        job.get("sweep_id"),
-        quiet=True,
-    )
-    if logger:
-        logger.log_hyperparams({"params_total": params_total, "params_trainable": params_trainable})
+    with interrupt.deferred():  # W&B's init is not stopped halfway
+        logger = factories.build_logger(
+            typed.logger,
+            run_dir.path,
+            hparams,
+            redact(job.get("name", "run"), secrets),
+            job.get("sweep_id"),
+            quiet=True,
+            run_id=run_dir.record.get("wandb_id"),
+        )
+        if logger:
+            logger.log_hyperparams({"params_total": params_total, "params_trainable": params_trainable})
     reference = _backbone_reference(typed)
     trainer = HeadTrainer(
         model,
@@ -219,6 +312,7 @@ def _fit_head(typed, run_dir, job, secrets, trainer_args, ckpt_path, labels, hpa
         logger.finalize("success")
     # A finished frozen-head run keeps its best head (what export and reproduce read), not the
     # optimizer state only a resume would need: a sweep job stays head-sized on disk.
+    interrupt.finishing()  # without last.ckpt a requeued attempt would train again from scratch
     run_dir.last_checkpoint.unlink(missing_ok=True)
     return {
         "metrics": metrics,
@@ -494,12 +588,14 @@ def _fit_lightning(
     from hydrahead.build import build_model
     from hydrahead.data.features import FeatureDataModule, select
     from hydrahead.export import export_model
-    from hydrahead.training import factories
+    from hydrahead.training import factories, interrupt
     from hydrahead.training.evaluation import SplitOutputs
     from hydrahead.training.module import HeadModule
     from hydrahead.utils import malloc
 
     bb, data = typed.backbone, typed.data
+    # DDP: rank 0 (lead) writes everything; the other ranks train and evaluate their shares alone.
+    lead = _replica_rank() == 0
     if uncached_why is None:  # cached features, Lightning loop
         shared, feature_cache = shared_frozen(typed, labels, trainer_args)
         tokenizer, labels = shared.tokenizer, shared.labels
@@ -508,7 +604,8 @@ def _fit_lightning(
         tokenizer, datamodule = _load_data(typed, labels)
         labels = datamodule.labels
     encoded = shared.encoded if shared else datamodule.encoded()
-    run_dir.write_labels(labels, encoded.control)
+    if lead:
+        run_dir.write_labels(labels, encoded.control)
     model, _ = build_model(
         bb,
         labels=labels,
@@ -534,14 +631,24 @@ def _fit_lightning(
     module = HeadModule(
         model, typed.optimizer, typed.scheduler, typed.task, data.seqeval_strict, hparams=hparams
     )
-    logger = factories.build_logger(
-        typed.logger, run_dir.path, hparams, redact(job.get("name", "run"), secrets), job.get("sweep_id")
-    )
-    if logger:
-        logger.log_hyperparams({"params_total": params_total, "params_trainable": params_trainable})
+    with interrupt.deferred():  # W&B's init is not stopped halfway
+        logger = lead and factories.build_logger(
+            typed.logger,
+            run_dir.path,
+            hparams,
+            redact(job.get("name", "run"), secrets),
+            job.get("sweep_id"),
+            run_id=run_dir.record.get("wandb_id"),
+        )
+        if logger:
+            logger.log_hyperparams({"params_total": params_total, "params_trainable": params_trainable})
     callbacks = factories.build_callbacks(typed.callbacks, typed.task, run_dir.checkpoints, bool(logger))
+    # What DDP workers start from: this job's config, resolved, resuming where this rank resumes.
+    worker = None
+    if lead:
+        worker = {"config": {**OmegaConf.to_container(cfg, resolve=True), "ckpt_path": ckpt_path}}
     trainer = factories.build_trainer(
-        trainer_args, run_dir.path, logger, callbacks, typed.callbacks.rich_progress_bar
+        trainer_args, run_dir.path, logger, callbacks, typed.callbacks.rich_progress_bar, worker=worker
     )
     heap = malloc.policy(
         typed.malloc,
@@ -549,7 +656,9 @@ def _fit_lightning(
         on_cpu=isinstance(trainer.accelerator, CPUAccelerator),
     )
     log.info("C heap: %s", heap)
-    trainer.fit(module, datamodule=train_on, ckpt_path=ckpt_path)
+    interrupt.quiet_lightning(trainer)  # under submitit the signals are hydrahead's alone
+    with interrupt.deferred():  # a signal stops the fit at an optimizer step (StopOnSignal)
+        trainer.fit(module, datamodule=train_on, ckpt_path=ckpt_path)
     if trainer.received_sigterm:  # Lightning stops quietly; this run must not look finished
         raise RuntimeError(
             f"stopped by SIGTERM in epoch {trainer.current_epoch}; "
@@ -567,6 +676,30 @@ def _fit_lightning(
         ):
             metrics.update({k: float(v) for k, v in result.items()})
     module.keep_outputs = False
+    ddp_record = None
+    if trainer.world_size > 1:
+        from hydrahead.training import ddp
+
+        module.kept = ddp.gather_kept(module.kept)  # every rank's share of the final evaluation
+        ranks = ddp.gather(
+            {
+                "rank": trainer.global_rank,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "feature_cache": feature_cache,
+                "train_samples": throughput.samples,
+            }
+        )
+        ddp.end_collectives()
+        if not lead:
+            return {}
+        ddp_record = {
+            "world_size": trainer.world_size,
+            "strategy": type(trainer.strategy).__name__,
+            "cluster": type(trainer.strategy.cluster_environment).__name__,
+            "ranks": ranks,
+        }
+        throughput.samples = sum(r["train_samples"] for r in ranks)  # the job's, not rank 0's
     outputs = {
         split: SplitOutputs(
             torch.cat(module.kept[stage]["logits"]),
@@ -610,6 +743,7 @@ def _fit_lightning(
         "malloc": heap,
         "train_s": round(throughput.seconds, 3),
         "train_samples_per_s": throughput.samples_per_s,
+        **({"ddp": ddp_record} if ddp_record else {}),
     }
 
 
@@ -636,8 +770,18 @@ def _route_library_logs() -> None:
             logger.propagate = True
 
 
-def _finish_wandb(ok: bool) -> None:
-    """Close this job's W&B run, so each job of a multirun is a run of its own."""
+def _new_wandb_id() -> str:
+    """A W&B run id (8 lowercase letters and digits, as W&B's own), kept in metrics.json."""
+    import secrets as random_source
+    import string
+
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(random_source.choice(alphabet) for _ in range(8))
+
+
+def _finish_wandb(status: str) -> None:
+    """Close this job's W&B run, so each job of a multirun is a run of its own (``status``: the
+    run's; a requeued run is marked preempting: its next attempt resumes it)."""
     import sys
 
     if "wandb" in sys.modules:
@@ -645,7 +789,17 @@ def _finish_wandb(ok: bool) -> None:
 
         if wandb.run is not None:
             folder = Path(wandb.run.dir)
-            wandb.finish(exit_code=0 if ok else 1)
+            try:
+                if status == "requeued":
+                    wandb.run.mark_preempting()
+                wandb.finish(exit_code=0 if status == "completed" else 1)
+            except Exception as err:
+                # scancel's SIGTERM reaches W&B's service process too, and it stops at once: its
+                # offline log keeps what it had flushed (every 15 s). Nothing more to close.
+                log.warning("W&B's service is gone (%s: %s); the run is not closed", type(err).__name__, err)
+                with contextlib.suppress(Exception):
+                    wandb.teardown()
+                return
             # W&B writes the captured console 0o644 whatever the umask: rewritten, it follows it.
             from hydrahead.utils.atomic import atomic_path
 

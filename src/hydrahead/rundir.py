@@ -1,10 +1,10 @@
 """The run-dir contract: the one module that writes a run's directory and the one that reads it.
 
 A run directory holds ``.hydra/`` (config, overrides, Hydra settings), ``metrics.json`` (status
-running -> completed | failed, then the final metrics), ``labels.json``, ``checkpoints/``
-(``last.ckpt``, ``best.ckpt``), ``model/`` (the HF export) and ``wandb/``. A run writes it through
-:class:`RunDir`; compare, reproduce, the sweep report and anything after a run read it through
-:func:`load_run`.
+running -> completed | failed | requeued | cancelled, then the final metrics), ``labels.json``,
+``checkpoints/`` (``last.ckpt``, ``best.ckpt``), ``model/`` (the HF export) and ``wandb/``. A run
+writes it through :class:`RunDir`; compare, reproduce, the sweep report and anything after a run
+read it through :func:`load_run`.
 """
 
 from __future__ import annotations
@@ -49,6 +49,23 @@ def measures(key: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ writing
+
+CARRIED = ("requeued", "wandb_id", "steps_executed")
+"""What a new attempt of a run keeps from the earlier attempts' record (see :meth:`RunDir.begin`)."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def attempt_number(previous: dict) -> int:
+    """This attempt's 1-based number: ``$SLURM_RESTART_COUNT`` + 1 where SLURM sets it, else one
+    more than the ``previous`` record's (1 without one)."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "")
+    if restarts.isdigit():
+        return int(restarts) + 1
+    earlier = previous.get("attempt")
+    return int(earlier) + 1 if isinstance(earlier, int) and not isinstance(earlier, bool) else 1
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -95,15 +112,33 @@ class RunDir:
 
     def begin(self, **fields) -> dict:
         """The record of a starting run (not written yet): status running, and who runs it, so a
-        reader can tell a live run from a killed one (pid gone on this host)."""
+        reader can tell a live run from a killed one (pid gone on this host).
+
+        A dir that already holds a record of this config (``config_digest``: a requeued, cancelled,
+        failed or killed attempt) is the same run going on: its ``requeued`` entries, ``wandb_id``
+        and ``steps_executed`` carry over, and ``attempt`` counts on (``$SLURM_RESTART_COUNT`` + 1
+        under SLURM, else the earlier attempt's + 1).
+        """
+        previous = self._read()
+        if previous.get("config_digest") != fields.get("config_digest"):
+            previous = {}
         self.record = {
             "status": "running",
+            **{key: previous[key] for key in CARRIED if key in previous},
             **fields,
+            "attempt": attempt_number(previous),
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started": _now(),
         }
         return self.record
+
+    def _read(self) -> dict:
+        try:
+            record = json.loads((self.path / METRICS).read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
 
     def completed_record(self, config_digest: str) -> dict | None:
         """The record of a completed run of this same config already in this dir, else None."""
@@ -119,12 +154,54 @@ class RunDir:
         self.record.update(fields)
         write_json(self.path / METRICS, self.record)
 
-    def fail(self, err: BaseException) -> None:
-        self.record.update(status="failed", error=f"{type(err).__name__}: {err}")
+    def fail(self, err: BaseException | str) -> None:
+        error = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+        self.record.update(status="failed", error=error)
+
+    def requeue(self, reason: str, global_step: int | None) -> None:
+        """The job stops to be requeued (``reason``: timeout or preemption) at ``global_step``:
+        ``status: requeued`` and a ``requeued`` entry, written before the process exits."""
+        entry = {"attempt": self.record.get("attempt", 1), "reason": reason, "at": _now()}
+        earlier = self.record.get("requeued") or [{}]
+        entry["global_step"] = global_step if global_step is not None else earlier[-1].get("global_step")
+        self.record["requeued"] = [*self.record.get("requeued", []), entry]
+        self.record.pop("error", None)
+        self.write(status="requeued")
+
+    def cancel(self, reason: str) -> None:
+        """The job was cancelled (``scancel``): ``status: cancelled``, ``reason``, written at once."""
+        self.record.pop("error", None)
+        self.write(status="cancelled", reason=reason, ended=_now())
 
     def write_labels(self, labels: list[str], control: dict | None = None) -> None:
         """The label vocabulary; a control run also keeps its task (seed, type -> label map)."""
         write_json(self.path / LABELS, {"labels": list(labels), **({"control": control} if control else {})})
+
+
+def _rewrite_record(run_dir: str | Path, **fields) -> dict:
+    """``metrics.json`` with ``fields`` and ``ended`` (now) set and the rest kept (a missing or
+    unreadable one: just them)."""
+    fields["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    path = Path(run_dir) / METRICS
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    record = {**(record if isinstance(record, dict) else {}), **fields}
+    write_json(path, record)
+    return record
+
+
+def mark_cancelled(run_dir: str | Path, reason: str) -> dict:
+    """Record from outside the job that it was cancelled (``scancel``, a job SLURM lost): status
+    ``cancelled`` and ``reason``, the rest of ``metrics.json`` kept; written atomically."""
+    return _rewrite_record(run_dir, status="cancelled", reason=reason)
+
+
+def mark_failed(run_dir: str | Path, error: str) -> dict:
+    """Record from outside the job that it failed where it could not say so itself (killed by the
+    scheduler: out of memory, node failure, time limit without requeue): status ``failed``, ``error``."""
+    return _rewrite_record(run_dir, status="failed", error=error)
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -306,18 +383,32 @@ def process_gone(host: Any, pid: Any, started: Any = None) -> bool:
     return began is not None and began > started_at + 2
 
 
-def sweep_summary(sweep_dir: str | Path) -> tuple[list[str], list[str]]:
-    """Lines naming each job of a sweep dir that did not complete, and those that did."""
-    failed, completed = [], []
-    for job in sorted(p for p in Path(sweep_dir).iterdir() if (p / HYDRA_DIR).is_dir()):
+def sweep_jobs(sweep_dir: str | Path) -> dict[str, list[str]]:
+    """A line per job of a sweep dir (``<name> (<overrides>)``, then ``: <status>: <why>`` unless it
+    completed), in natural order, under ``completed``, ``failed`` (a job that never wrote metrics.json
+    included), ``cancelled`` and ``unfinished`` (running, requeued)."""
+    found: dict[str, list[str]] = {"completed": [], "failed": [], "cancelled": [], "unfinished": []}
+    jobs = [p for p in Path(sweep_dir).iterdir() if (p / HYDRA_DIR).is_dir()]
+    for job in sorted(jobs, key=lambda p: natural_key(p.name)):
         run = load_run(job)
         line = f"{job.name} ({' '.join(run.overrides)})"
         if run.status == "completed":
-            completed.append(line)
-        else:
-            error = run.error or (
-                "no metrics.json: killed before it started?" if run.status == "pending" else ""
-            )
-            status = "failed" if run.status == "pending" else run.status
-            failed.append(f"{line}: {status}: {error}".rstrip(": "))
-    return failed, completed
+            found["completed"].append(line)
+            continue
+        why = run.error or ""
+        if run.status == "pending":
+            why = "no metrics.json: killed before it started?"
+        elif run.status == "cancelled":
+            why = run.record.get("reason") or why
+        elif run.status == "requeued":
+            why = f"attempt {run.record.get('attempt', '?')}"
+        status = "failed" if run.status == "pending" else run.status
+        kind = {"cancelled": "cancelled", "running": "unfinished", "requeued": "unfinished"}
+        found[kind.get(status, "failed")].append(f"{line}: {status}: {why}".rstrip(": "))
+    return found
+
+
+def sweep_summary(sweep_dir: str | Path) -> tuple[list[str], list[str]]:
+    """Lines naming each job of a sweep dir that did not complete, and those that did."""
+    jobs = sweep_jobs(sweep_dir)
+    return jobs["failed"] + jobs["cancelled"] + jobs["unfinished"], jobs["completed"]

@@ -56,14 +56,23 @@ def report_sweep() -> None:
     sweep_dir = train.SweepReport.sweep_dir
     if not sweep_dir or not Path(sweep_dir).is_dir():
         return
-    from hydrahead.rundir import sweep_summary
+    from hydrahead.rundir import sweep_jobs
 
-    failed, completed = sweep_summary(sweep_dir)
-    total = len(failed) + len(completed)
-    log.info("sweep %s: %d of %d jobs completed", sweep_dir, len(completed), total)
-    if failed:
-        message = "\n".join(f"  FAILED {line}" for line in failed)
-        print(f"{len(failed)} of {total} sweep jobs failed:\n{message}", file=sys.stderr)
+    jobs = sweep_jobs(sweep_dir)
+    total = sum(len(lines) for lines in jobs.values())
+    log.info("sweep %s: %d of %d jobs completed", sweep_dir, len(jobs["completed"]), total)
+    # cancelled (scancel, a lost SLURM job) and unfinished ones named apart from real failures
+    kinds = {"failed": "FAILED", "cancelled": "CANCELLED", "unfinished": "NOT FINISHED"}
+    counts = {kind: len(jobs[kind]) for kind in kinds if jobs[kind]}
+    if counts:
+        if len(counts) == 1:
+            ((kind, n),) = counts.items()
+            head = f"{n} of {total} sweep jobs {'not finished' if kind == 'unfinished' else kind}:"
+        else:
+            parts = ", ".join(f"{n} {'not finished' if k == 'unfinished' else k}" for k, n in counts.items())
+            head = f"{sum(counts.values())} of {total} sweep jobs did not complete ({parts}):"
+        lines = [f"  {kinds[kind]} {line}" for kind in kinds for line in jobs[kind]]
+        print("\n".join([head, *lines]), file=sys.stderr)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
@@ -197,7 +206,9 @@ def main() -> None:
     try:
         _hydra_main()
     except SystemExit as stop:
-        if stop.code not in (None, 0):
+        from hydrahead.sweep.slurm_watch import EXIT_LEFT_RUNNING
+
+        if stop.code not in (None, 0, EXIT_LEFT_RUNNING):  # left running: the launcher listed the jobs
             report_sweep()
         raise
 

@@ -37,6 +37,12 @@ def if_tiny(name_or_path, tiny_value, other_value):
     return tiny_value if str(name_or_path).startswith("tiny:") else other_value
 
 
+def if_cpu(accelerator, cpu_value, other_value):
+    """``cpu_value`` when the trainer runs on the CPU (``trainer.accelerator=cpu``), else the other:
+    bf16 autocast pays on a GPU, not on a CPU."""
+    return cpu_value if str(accelerator) == "cpu" else other_value
+
+
 def register_resolvers() -> None:
     """Resolvers the shipped configs use (idempotent).
 
@@ -46,7 +52,8 @@ def register_resolvers() -> None:
     ``hh.mkdir``: a directory path, created on first use. ``hh.if_frozen``: one value for a
     frozen backbone, another for a trainable one (``${hh.if_frozen:${backbone.freeze},A,B}``).
     ``hh.if_tiny``: one value for a tiny random encoder, another for the rest
-    (``${hh.if_tiny:${backbone.name_or_path},A,B}``).
+    (``${hh.if_tiny:${backbone.name_or_path},A,B}``). ``hh.if_cpu``: one value on the CPU, another
+    elsewhere (``${hh.if_cpu:${trainer.accelerator},A,B}``).
     """
     from hydrahead.utils.paths import project_root
 
@@ -59,6 +66,7 @@ def register_resolvers() -> None:
         "hh.mkdir": mkdir,
         "hh.if_frozen": if_frozen,
         "hh.if_tiny": if_tiny,
+        "hh.if_cpu": if_cpu,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader
 
 from hydrahead.config.schema import DataConfig
 from hydrahead.modeling.head_spec import IGNORE_INDEX
@@ -58,43 +58,136 @@ class Collator:
         return batch
 
 
-class EpochBatchSampler(Sampler[list[int]]):
+def shard_bounds(count: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous slice ``[start, end)`` of ``count`` items that rank ``rank`` of ``world`` takes:
+    the first ``count % world`` ranks one item more (``numpy.array_split``'s split). Concatenated in
+    rank order, the shares are the items in their order, each once."""
+    size, extra = divmod(count, world)
+    start = rank * size + min(rank, extra)
+    return start, start + size + (rank < extra)
+
+
+def eval_share(count: int, rank: int, world: int, split: str) -> tuple[int, int]:
+    """Rank ``rank``'s slice of an evaluation split of ``count`` items (:func:`shard_bounds`); every rank
+    needs one item at least, or the ranks' metric syncs would not pair up."""
+    if world > 1 and count < world:
+        raise ValueError(f"the {split} split has {count} examples, fewer than the {world} processes")
+    return shard_bounds(count, rank, world)
+
+
+def replicas(num_replicas: int | None = None, rank: int | None = None) -> tuple[int, int]:
+    """(world size, rank): as given, else the initialised ``torch.distributed`` group's, else (1, 0)."""
+    if num_replicas is None or rank is None:
+        dist = torch.distributed
+        initialised = dist.is_available() and dist.is_initialized()
+        num_replicas = dist.get_world_size() if initialised else 1
+        rank = dist.get_rank() if initialised else 0
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank {rank} outside a world of {num_replicas} processes")
+    return num_replicas, rank
+
+
+class EpochBatchSampler(BatchSampler):
     """Shuffled training batches whose order is a function of (seed, epoch) alone.
 
     Lightning calls ``set_epoch`` each epoch, so a run resumed from a checkpoint sees exactly the
     batches an uninterrupted run would. ``group_by_length`` sorts within mega-batches of
     ``50 * batch_size`` so each batch holds similar lengths (fewer pad tokens).
+
+    Under DDP it shards itself (Lightning must not inject a DistributedSampler:
+    ``use_distributed_sampler=False``): every rank draws the epoch's order of *global* batches of
+    ``batch_size * num_replicas``, the batches one process with that batch size would draw, and
+    takes its contiguous ``batch_size`` share of each. So every rank has the same number of batches
+    (DDP never waits on a missing one), the shares of an epoch are disjoint and cover it, and a
+    run's global batches are those of a one-process run at the global batch size. A short global
+    batch (the epoch's remainder) is split as evenly as the ranks allow; one shorter than the world
+    is first filled up with the epoch's first items (the only repeats, and only then).
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, group_by_length: bool = False):
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        seed: int = 0,
+        group_by_length: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
+        super().__init__(range(len(lengths)), batch_size, drop_last=False)
         self.lengths = lengths
-        self.batch_size = batch_size
         self.seed = seed
         self.group_by_length = group_by_length
+        self.num_replicas, self.rank = replicas(num_replicas, rank)
+        if len(lengths) < self.num_replicas:
+            raise ValueError(f"{len(lengths)} training examples are too few for {self.num_replicas} ranks")
         self.epoch = 0
+        self.position = 0
+        """Batches of this epoch already trained on (set by the training loop: ``SamplerEpoch``)."""
+        self._resume_at = 0
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.position = self._resume_at = 0
         self.epoch = epoch
+
+    def state_dict(self) -> dict:
+        """Where training is: the epoch and its batches already trained on (a mid-epoch checkpoint)."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume mid-epoch: the next pass over ``state["epoch"]`` skips its first ``position`` batches."""
+        self.epoch = int(state.get("epoch", 0))
+        self.position = self._resume_at = int(state.get("position", 0))
+
+    def global_batches(self) -> list[list[int]]:
+        """This epoch's batches of ``batch_size * num_replicas``, the same on every rank."""
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        size = self.batch_size * self.num_replicas
+        if not self.group_by_length:
+            return [order[i : i + size] for i in range(0, len(order), size)]
+        mega = 50 * size
+        batches = []
+        for start in range(0, len(order), mega):
+            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+        rng.shuffle(batches)
+        return batches
 
     def __iter__(self):
         # A generator: the order is drawn at the first batch, not when the iterator is made (Lightning
         # makes the first epoch's iterator before the epoch is set, also when resuming at epoch N).
-        rng = random.Random(self.seed * 100_003 + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        if not self.group_by_length:
-            yield from (order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size))
+        batches = self.global_batches()
+        skip, self._resume_at = self._resume_at, 0  # a resumed epoch: its trained batches, once
+        if self.num_replicas == 1:
+            yield from batches[skip:]
             return
-        mega = 50 * self.batch_size
-        batches = []
-        for start in range(0, len(order), mega):
-            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        rng.shuffle(batches)
-        yield from batches
+        first = [i for batch in batches for i in batch][: self.num_replicas]
+        for batch in batches[skip:]:
+            if len(batch) < self.num_replicas:
+                batch = batch + first[: self.num_replicas - len(batch)]
+            start, end = shard_bounds(len(batch), self.rank, self.num_replicas)
+            yield batch[start:end]
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        size = self.batch_size * self.num_replicas
+        return (len(self.lengths) + size - 1) // size
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, with its batch sampler's state: Lightning keeps a loader's
+    ``state_dict`` in every checkpoint and gives it back on a mid-epoch resume, so the resumed
+    epoch goes on from the next batch."""
+
+    def state_dict(self) -> dict:
+        sampler = self.batch_sampler
+        return sampler.state_dict() if callable(getattr(sampler, "state_dict", None)) else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        sampler = self.batch_sampler
+        if state and callable(getattr(sampler, "load_state_dict", None)):
+            sampler.load_state_dict(state)
 
 
 @dataclass
@@ -402,9 +495,15 @@ class HeadDataModule(L.LightningDataModule):
     def _collator(self) -> Collator:
         return Collator(self.tokenizer.pad_token_id, self.level, self.task, len(self.labels))
 
+    def _replicas(self) -> tuple[int, int]:
+        """(world size, rank) of the trainer this module serves (1, 0 outside one)."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         features = self.splits[split].features
         batch_size = self.cfg.batch_size if train else self.eval_batch_size
+        world, rank = self._replicas()
         # An own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
         # which shifts every dropout mask after it (and would set token batches apart from cached ones).
         common = dict(
@@ -415,12 +514,19 @@ class HeadDataModule(L.LightningDataModule):
         )
         if train:
             sampler = EpochBatchSampler(
-                [len(f["input_ids"]) for f in features], batch_size, self.cfg.seed, self.cfg.group_by_length
+                [len(f["input_ids"]) for f in features],
+                batch_size,
+                self.cfg.seed,
+                self.cfg.group_by_length,
+                num_replicas=world,
+                rank=rank,
             )
-            return DataLoader(features, batch_sampler=sampler, **common)
-        # Sorted eval batches: the same metrics, far fewer pad tokens.
+            return ResumableLoader(features, batch_sampler=sampler, **common)
+        # Sorted eval batches: the same metrics, far fewer pad tokens. Under DDP each rank takes a
+        # contiguous share of that order: no item twice, and the metrics (synced) equal one process's.
         features = sorted(features, key=lambda f: len(f["input_ids"]))
-        return DataLoader(features, batch_size=batch_size, shuffle=False, **common)
+        start, end = eval_share(len(features), rank, world, split)
+        return DataLoader(features[start:end], batch_size=batch_size, shuffle=False, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

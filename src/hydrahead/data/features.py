@@ -29,7 +29,7 @@ from hydrahead.modeling.head_spec import IGNORE_INDEX
 from hydrahead.utils.atomic import atomic_path
 
 from .cache import digest
-from .datamodule import Collator, EncodedData, EpochBatchSampler
+from .datamodule import Collator, EncodedData, EpochBatchSampler, eval_share
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -326,18 +326,34 @@ class FeatureBatches:
         seed: int = 0,
         group_by_length: bool = False,
         shuffle: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+        split: str = "evaluation",
     ):
         self.data = data
         self.level = level
         count = len(data["offsets"]) - 1
         if shuffle:
-            self.batch_sampler = EpochBatchSampler(lengths, batch_size, seed, group_by_length)
+            self.batch_sampler = EpochBatchSampler(
+                lengths, batch_size, seed, group_by_length, num_replicas=num_replicas, rank=rank
+            )
         else:  # length-sorted, as the token-level eval loaders are: the same batches, the same losses
             order = sorted(range(count), key=lambda i: lengths[i]) if lengths else list(range(count))
-            self.batch_sampler = [order[i : i + batch_size] for i in range(0, count, batch_size)]
+            start, end = eval_share(count, rank, num_replicas, split)  # DDP: this rank's contiguous share
+            order = order[start:end]
+            self.batch_sampler = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
+
+    # Training batches are resumable mid-epoch: Lightning keeps this state in its checkpoints.
+    def state_dict(self) -> dict:
+        sampler = self.batch_sampler
+        return sampler.state_dict() if isinstance(sampler, EpochBatchSampler) else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and isinstance(self.batch_sampler, EpochBatchSampler):
+            self.batch_sampler.load_state_dict(state)
 
     def __iter__(self):
         features, labels, offsets = self.data["features"], self.data["labels"], self.data["offsets"]
@@ -376,6 +392,11 @@ class FeatureDataModule(L.LightningDataModule):
         self.data = data
         self.splits = splits
 
+    def _replicas(self) -> dict:
+        """The trainer's world size and rank (DDP: every loader shards itself; one process outside)."""
+        trainer = self.trainer
+        return {"num_replicas": trainer.world_size, "rank": trainer.global_rank} if trainer else {}
+
     def train_dataloader(self) -> FeatureBatches:
         d = self.data
         return FeatureBatches(
@@ -386,11 +407,17 @@ class FeatureDataModule(L.LightningDataModule):
             d.seed,
             d.group_by_length,
             shuffle=True,
+            **self._replicas(),
         )
 
     def _eval(self, split: str) -> FeatureBatches:
         return FeatureBatches(
-            self.splits[split], self.data.level, self.data.eval_batch_size, self.data.lengths(split)
+            self.splits[split],
+            self.data.level,
+            self.data.eval_batch_size,
+            self.data.lengths(split),
+            split=split,
+            **self._replicas(),
         )
 
     def val_dataloader(self) -> FeatureBatches:

@@ -37,7 +37,8 @@ class HydraHeadConfig(PretrainedConfig):
             class, per label) and ``label_smoothing`` (multiclass: as ``torch.nn.CrossEntropyLoss``;
             multilabel: targets ``y * (1 - s) + s / 2``). Empty: the plain loss.
         calibration_temperature: the logits are divided by it (temperature scaling, fitted on
-            validation after training); 1.0 leaves them as trained. ``predict_proba`` and ``pipeline()`` see the same.
+            validation after training); 1.0 leaves them as trained. ``predict_proba`` and
+            ``pipeline()`` see the same.
     """
 
     model_type = "hydrahead"

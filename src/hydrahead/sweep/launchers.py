@@ -225,19 +225,28 @@ def run_sweep_job(
     a FAILED JobReturn carrying it (the sweeper raises it once the batch is done) and a run dir
     with ``.hydra/overrides.yaml`` and a failed ``metrics.json``, which the sweep report lists.
     """
+    # A task of rank > 0 in a multi-task SLURM job (DDP: tasks_per_node = devices) runs the same jobs
+    # as rank 0, its share of each; rank 0 alone writes their run dirs (no .hydra/, no train.log).
+    tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    replica = tasks > 1 and int(os.environ.get("SLURM_PROCID", "0")) > 0
     try:
         cfg = composer.load(overrides)
     except Exception as err:
+        if replica:
+            return JobReturn(overrides=_task_overrides(overrides), status=JobStatus.FAILED, _return_value=err)
         return _composition_failed(master, overrides, num, job_id, err)
     with open_dict(cfg):
         cfg.hydra.job.id = job_id
         cfg.hydra.job.num = num
+        if replica:
+            cfg.hydra.output_subdir = None
     ret = run_job(
         hydra_context=hydra_context,
         task_function=task_function,
         config=cfg,
         job_dir_key=job_dir_key,
         job_subdir_key="hydra.sweep.subdir",
+        configure_logging=not replica,
     )
     configure_log(master.hydra.hydra_logging, master.hydra.verbose)
     return ret
@@ -400,9 +409,30 @@ class ChunkedSubmititLauncher(BaseSubmititLauncher):
         if self.chunk_size > 1:
             log.info(f"{len(chunks)} submitit tasks of up to {self.chunk_size} jobs each")
         jobs = executor.map_array(self, *zip(*chunks))
-        returns = [ret for job in jobs for ret in job.results()[0]]
+        returns = self._wait(jobs, chunks)
         assert len(returns) == num_jobs, (len(returns), num_jobs)
         return returns
+
+    def _wait(self, jobs: list[Any], chunks: list[tuple]) -> list[JobReturn]:
+        """Every sweep job's JobReturn, in order: submitit's own wait (local processes)."""
+        return [ret for job in jobs for ret in job.results()[0]]
+
+    def _job_dirs(self, jobs: list[Any], chunks: list[tuple]) -> list[list[Path]]:
+        """Each chunk's run dirs (``hydra.sweep.dir``/``hydra.sweep.subdir`` with the job's num and the
+        chunk's job id), as the jobs will make them."""
+        assert self.config is not None
+        where = copy.deepcopy(self.config)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        dirs = []
+        for job, (chunk, _, first_num, _) in zip(jobs, chunks):
+            found = []
+            for offset in range(len(chunk)):
+                with read_write(where.hydra), open_dict(where):
+                    where.hydra.job.id = str(job.job_id)
+                    where.hydra.job.num = first_num + offset
+                found.append(sweep_dir / str(where.hydra.sweep.subdir))
+            dirs.append(found)
+        return dirs
 
     def _executor(self) -> Any:
         """The submitit executor, built from the launcher's keys as BaseSubmititLauncher.launch does."""
@@ -428,7 +458,44 @@ class ChunkedLocalLauncher(ChunkedSubmititLauncher, LocalLauncher):
 
 
 class ChunkedSlurmLauncher(ChunkedSubmititLauncher, SlurmLauncher):
-    """``hydra/launcher=slurm``: chunks as the elements of a SLURM job array."""
+    """``hydra/launcher=slurm``: chunks as the elements of a SLURM job array, waited for by
+    :class:`~hydrahead.sweep.slurm_watch.SweepWatch` (squeue; sacct only where accounting works),
+    which tells a requeued job from a failed one and records jobs that left the queue without a
+    result. ``wait=False``: submit, print the jobs, exit with ``EXIT_LEFT_RUNNING``."""
+
+    def __init__(
+        self,
+        wait: bool = True,
+        poll_s: float = 15.0,
+        lost_after_s: float = 45.0,
+        report_every_s: float = 300.0,
+        **params: Any,
+    ) -> None:
+        seconds = {"poll_s": poll_s, "lost_after_s": lost_after_s, "report_every_s": report_every_s}
+        for key, value in seconds.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"hydra.launcher.{key}={value!r}: expected a number of seconds > 0")
+        super().__init__(**params)
+        self.wait = bool(wait)
+        self.poll_s, self.lost_after_s, self.report_every_s = poll_s, lost_after_s, report_every_s
+
+    def _wait(self, jobs: list[Any], chunks: list[tuple]) -> list[JobReturn]:
+        from .slurm_watch import Chunk, SweepWatch
+
+        assert self.config is not None
+        watch = SweepWatch(
+            [
+                Chunk(job=job, overrides=chunk[0], run_dirs=dirs)
+                for job, chunk, dirs in zip(jobs, chunks, self._job_dirs(jobs, chunks))
+            ],
+            sweep_dir=str(self.config.hydra.sweep.dir),
+            poll_s=self.poll_s,
+            lost_after_s=self.lost_after_s,
+            report_every_s=self.report_every_s,
+        )
+        if not self.wait:
+            watch.leave_running("not waiting (hydra.launcher.wait=false)")
+        return watch.wait()
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -466,6 +533,14 @@ class ChunkedSlurmConf(SlurmQueueConf):
     _target_: str = f"{_PLUGINS}.ChunkedSlurmLauncher"
     chunk_size: int = 1
     """Consecutive sweep jobs per SLURM array element, run one after another in one process."""
+    wait: bool = True
+    """Wait for the jobs and exit with their outcome; false: submit, print them, exit 75 at once."""
+    poll_s: float = 15.0
+    """Seconds between squeue calls while waiting (result files are looked at every second)."""
+    lost_after_s: float = 45.0
+    """A job out of the queue without a result is recorded (cancelled, lost, failed) after this long."""
+    report_every_s: float = 300.0
+    """While waiting, a line naming the jobs still waited for this often."""
 
 
 def register_launchers() -> None:

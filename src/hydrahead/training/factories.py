@@ -9,9 +9,18 @@ from hydrahead.config.schema import CallbacksConfig, LoggerConfig, TaskConfig
 
 
 def build_logger(
-    cfg: LoggerConfig, run_dir: Path, config: dict, name: str, group: str | None, quiet: bool = False
+    cfg: LoggerConfig,
+    run_dir: Path,
+    config: dict,
+    name: str,
+    group: str | None,
+    quiet: bool = False,
+    run_id: str | None = None,
 ):
     """W&B (offline unless told otherwise), CSV, or none (False); ``config`` is what W&B records.
+
+    ``run_id``: the W&B run's id (the run dir keeps it in metrics.json), resumed if it exists
+    (``resume="allow"``), so a requeued or resumed job's attempts are one W&B run.
 
     ``quiet``: a W&B run without system metrics, machine and git probing or console capture (the
     frozen-head jobs of a sweep: a second each, hundreds per process; W&B's probes would cost more
@@ -55,6 +64,7 @@ def build_logger(
         save_dir=str(run_dir),
         mode=mode,
         config=config,
+        **({"id": run_id, "resume": "allow"} if run_id else {}),
     )
     # Lightning hands wandb.init anonymous=None, a setting W&B no longer reads and warns about in every
     # process (before any silent setting applies): leave it out.
@@ -66,7 +76,7 @@ def build_callbacks(cfg: CallbacksConfig, task: TaskConfig, checkpoints: Path, l
     """Best (on ``task.monitor``) and last checkpoints, throughput, and the optional extras."""
     from lightning.pytorch import callbacks as cb
 
-    from .callbacks import RunCheckpoint, SamplerEpoch, Throughput
+    from .callbacks import RunCheckpoint, SamplerEpoch, StopOnSignal, Throughput
 
     best = RunCheckpoint(
         dirpath=str(checkpoints),
@@ -78,8 +88,13 @@ def build_callbacks(cfg: CallbacksConfig, task: TaskConfig, checkpoints: Path, l
     )
     # A checkpoint of its own for last.ckpt: Lightning's save_last only rewrites it when the
     # monitored metric improved, so a resume would restart from the best epoch, not the last.
+    # At every epoch's end, validated or not: a signal at an epoch boundary stops there (StopOnSignal).
     last = RunCheckpoint(
-        dirpath=str(checkpoints), filename="last", save_top_k=1, enable_version_counter=False
+        dirpath=str(checkpoints),
+        filename="last",
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
     )
     callbacks = [best, last, SamplerEpoch(), Throughput()]
     if cfg.lr_monitor and logging:
@@ -95,6 +110,8 @@ def build_callbacks(cfg: CallbacksConfig, task: TaskConfig, checkpoints: Path, l
                 min_delta=cfg.early_stopping.min_delta,
             )
         )
+    # After SamplerEpoch: the mid-epoch checkpoint it saves holds the sampler's position of this batch.
+    callbacks.append(StopOnSignal(Path(checkpoints) / "last.ckpt"))
     return callbacks
 
 
@@ -114,15 +131,28 @@ def cluster_plugins() -> list:
     return [LightningEnvironment()]
 
 
-def build_trainer(trainer_args: dict, run_dir: Path, logger, callbacks: list, progress_bar: bool):
+def build_trainer(
+    trainer_args: dict, run_dir: Path, logger, callbacks: list, progress_bar: bool, worker: dict | None = None
+):
     """``L.Trainer(**trainer_args)``: the trainer group as given (``++trainer.<arg>=`` included), plus
-    the atomic checkpoint IO and the cluster environment unless ``plugins`` is set."""
+    the atomic checkpoint IO and the cluster environment unless ``plugins`` is set.
+
+    DDP (``strategy: ddp``, or several devices): the other ranks start as ``hydrahead.cli.ddp_worker``
+    with ``worker`` (the job's resolved config; None in a replica, which starts nothing), never
+    through Hydra (``training.ddp``). Lightning injects no DistributedSampler: the loaders shard
+    themselves (``EpochBatchSampler``, the eval shares).
+    """
     import lightning as L
 
     from .checkpoint import AtomicCheckpointIO
+    from .ddp import strategy_for
 
     args = {k: v for k, v in trainer_args.items() if v is not None}
     args.setdefault("plugins", [*cluster_plugins(), AtomicCheckpointIO()])
+    strategy = strategy_for(args, worker)
+    if strategy is not None:
+        args["strategy"] = strategy
+    args.setdefault("use_distributed_sampler", False)
     return L.Trainer(
         **args,
         logger=logger,

@@ -12,7 +12,9 @@ Lightning path does for a frozen backbone, and nothing else:
   ``trainer.check_val_every_n_epoch``, ``trainer.log_every_n_steps``;
 - validation each epoch with the same torchmetrics, the best head kept on ``task.monitor``
   (``checkpoints/best.ckpt``), ``callbacks.early_stopping``, ``checkpoints/last.ckpt`` every epoch
-  with optimizer, scheduler and RNG state (a requeued job resumes from it);
+  with optimizer, scheduler and RNG state (a requeued job resumes from it); under submitit a signal
+  (time limit, preemption, scancel) stops it after the step in flight with a mid-epoch ``last.ckpt``
+  (the batches trained on in its epoch too: :mod:`hydrahead.training.interrupt`);
 - the best head evaluated on validation and test at the end.
 
 Any other ``trainer`` or ``callbacks`` setting sends the run to the Lightning path
@@ -22,6 +24,7 @@ training, so a job's result does not depend on which jobs ran before it in the p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import signal
@@ -35,6 +38,7 @@ from hydrahead.config.schema import CallbacksConfig, TrainConfig
 from hydrahead.data.datamodule import EncodedData
 from hydrahead.data.features import FeatureBatches
 
+from . import interrupt
 from .evaluation import SplitOutputs, collect
 from .evaluation import score as score_outputs
 from .metrics import EntityMetrics, is_bio
@@ -107,14 +111,16 @@ def _set_rng_state(state: dict) -> None:
 
 
 class _Sigterm:
-    """Notes a SIGTERM (the loop stops at the next step, as Lightning's does); main thread only."""
+    """Notes a SIGTERM (the loop stops at the next step, as Lightning's does); main thread only.
+    Not under submitit, where ``training.interrupt`` owns the signals (``enabled=False``)."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
         self.received = False
         self._previous = None
+        self.enabled = enabled
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if self.enabled and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._note)
         return self
 
@@ -295,7 +301,7 @@ class HeadTrainer:
         better = (lambda a, b: a > b) if task.mode == "max" else (lambda a, b: a < b)
         L.seed_everything(typed.seed, workers=True, verbose=False)
 
-        start_epoch, step = 0, 0
+        start_epoch, step, position = 0, 0, 0
         # The best checkpoint's score, and early stopping's own best (improvements beyond min_delta),
         # kept apart as Lightning's ModelCheckpoint and EarlyStopping keep them.
         best_score, best_epoch, stop_best, wait = None, None, None, 0
@@ -314,21 +320,50 @@ class HeadTrainer:
             optimizer.load_state_dict(state["optimizer_states"][0])
             scheduler.load_state_dict(state["lr_schedulers"][0])
             _set_rng_state(state["rng_state"])
-            start_epoch, step = state["epoch"] + 1, state["global_step"]
+            # A mid-epoch checkpoint (a signalled job's) names its epoch and the batches trained on.
+            position = int(state.get("position") or 0)
+            start_epoch, step = state["epoch"] + (0 if position else 1), state["global_step"]
             best_score, best_epoch = state["best_score"], state["best_epoch"]
             stop_best, wait = state["stop_best"], state["wait"]
+            stopped_early = bool(state.get("stopped_early"))
             self._carry_best(Path(resume))
-            log.info("resumed from %s at epoch %d, step %d", resume, start_epoch, step)
+            log.info("resumed from %s at epoch %d, batch %d, step %d", resume, start_epoch, position, step)
 
         train_seconds, samples = 0.0, 0
-        stopped_early = False
+        if not resume:
+            stopped_early = False
         epoch = start_epoch - 1
         head_mode(model, True)
-        with _Sigterm() as sigterm:
-            for epoch in range(start_epoch, max_epochs):
-                train_batches.batch_sampler.set_epoch(epoch)
+        # A run with checkpoints stops for a signal at an optimizer step (training.interrupt); a probe
+        # nothing resumes (MDL blocks) is simply interrupted.
+        resumable = self.checkpoints is not None
+        if resumable:
+            interrupt.progress.at(step)
+
+        def last_state(epoch: int, position: int = 0) -> dict:
+            return {
+                **self._base_state(epoch, step),
+                "optimizer_states": [optimizer.state_dict()],
+                "lr_schedulers": [scheduler.state_dict()],
+                "rng_state": _rng_state(),
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "stop_best": stop_best,
+                "wait": wait,
+                "position": position,
+                "stopped_early": stopped_early,
+            }
+
+        signals = interrupt.deferred() if resumable else contextlib.nullcontext()
+        with _Sigterm(enabled=not interrupt.owned()) as sigterm, signals:
+            for epoch in range(start_epoch, max_epochs if not stopped_early else start_epoch):
+                sampler = train_batches.batch_sampler
+                sampler.set_epoch(epoch)
+                skip = position if epoch == start_epoch else 0
+                if skip:
+                    sampler.load_state_dict({"epoch": epoch, "position": skip})
                 epoch_start = time.perf_counter()
-                for index, batch in enumerate(train_batches):
+                for index, batch in enumerate(train_batches, start=skip):
                     if index >= per_epoch:
                         break
                     if sigterm.received:
@@ -355,6 +390,12 @@ class HeadTrainer:
                             for group in optimizer.param_groups:
                                 values[f"lr-{type(optimizer).__name__}/{group['name']}"] = group["lr"]
                         self.logger.log_metrics(values, step=step - 1)
+                    if resumable:
+                        interrupt.progress.step(step)
+                        # Signalled: keep this step (the epoch's last waits for the epoch's last.ckpt).
+                        if interrupt.requested() and index + 1 < per_epoch:
+                            self._save("last", last_state(epoch, position=index + 1))
+                            raise interrupt.stop(f"after step {step} (epoch {epoch}, batch {index + 1})")
                 train_seconds += time.perf_counter() - epoch_start
                 last_epoch = epoch == max_epochs - 1
                 if (epoch + 1) % val_every == 0 or last_epoch:
@@ -385,20 +426,9 @@ class HeadTrainer:
                         wait += 1
                     if stopping.enabled and wait >= stopping.patience and not last_epoch:
                         stopped_early = True
-                if self.checkpoints is not None:  # in memory (a probe nothing resumes): no last
-                    self._save(
-                        "last",
-                        {
-                            **self._base_state(epoch, step),
-                            "optimizer_states": [optimizer.state_dict()],
-                            "lr_schedulers": [scheduler.state_dict()],
-                            "rng_state": _rng_state(),
-                            "best_score": best_score,
-                            "best_epoch": best_epoch,
-                            "stop_best": stop_best,
-                            "wait": wait,
-                        },
-                    )
+                if resumable:  # in memory (a probe nothing resumes): no last
+                    self._save("last", last_state(epoch))
+                    interrupt.raise_if_requested(f"after epoch {epoch}")  # resumes after this epoch
                 if stopped_early:
                     log.log(
                         logging.DEBUG if self.quiet else logging.INFO,
@@ -424,7 +454,8 @@ class HeadTrainer:
             metrics = self.evaluate("validation", "val", args.get("limit_val_batches"))
         if "test" in self.splits:
             test = self.final_outputs["test"] = self.outputs("test", args.get("limit_test_batches"))
-            metrics.update(score_outputs(test, self.task.name, model.config.num_labels, self.task.threshold, "test"))
+            num_labels = model.config.num_labels
+            metrics.update(score_outputs(test, self.task.name, num_labels, self.task.threshold, "test"))
         if self.device.type != "cpu":
             model.cpu()
         return {

@@ -120,6 +120,18 @@ class HeadModule(L.LightningModule):
     def forward(self, **batch):
         return self.model(**batch)
 
+    def ddp_unused_parameters(self) -> list[str]:
+        """Trainable weights no loss reaches, which DDP must not wait for: the backbone's own pooler
+        (it runs inside the backbone's forward) unless the head reads it (``head.pooling=pooler``)."""
+        config = self.model.config
+        if config.head.get("pooling") == "pooler" and config.level == "sequence":
+            return []
+        return [
+            f"model.{name}"
+            for name, param in self.model.named_parameters()
+            if name.startswith("backbone.pooler.") and param.requires_grad
+        ]
+
     def training_step(self, batch, batch_idx):
         loss = self.model(**batch).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
@@ -127,7 +139,9 @@ class HeadModule(L.LightningModule):
 
     def _eval_step(self, batch, stage: str):
         out = self.model(**batch)
-        self.log(f"{stage}/loss", out.loss, prog_bar=stage == "val", batch_size=batch["labels"].shape[0])
+        # sync_dist: under DDP the epoch's loss is the mean over every rank's items, as one process's.
+        size = batch["labels"].shape[0]
+        self.log(f"{stage}/loss", out.loss, prog_bar=stage == "val", batch_size=size, sync_dist=True)
         if self.keep_outputs:
             logits, labels = flatten_logits(out.logits, batch["labels"], self.task)
             kept = self.kept.setdefault(stage, {"logits": [], "labels": []})
@@ -142,11 +156,13 @@ class HeadModule(L.LightningModule):
 
     def _eval_epoch_end(self, stage: str):
         metrics = getattr(self, f"{stage}_metrics")
-        self.log_dict(metrics.compute(), prog_bar=stage == "val")
+        # torchmetrics syncs its states across ranks in compute(): every rank logs the same values
+        # (sync_dist averages equal numbers, exactly, and keeps Lightning from warning).
+        self.log_dict(metrics.compute(), prog_bar=stage == "val", sync_dist=True)
         metrics.reset()
         entities = getattr(self, f"{stage}_entities")
         if entities is not None:
-            self.log_dict({f"{stage}/{k}": v for k, v in entities.compute().items()})
+            self.log_dict({f"{stage}/{k}": v for k, v in entities.compute().items()}, sync_dist=True)
             entities.reset()
 
     def on_validation_epoch_start(self):
@@ -191,6 +207,13 @@ class HeadModule(L.LightningModule):
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "python": random.getstate(),
         }
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Each rank's own stream (their dropout draws differ): Lightning dumps a checkpoint on every
+            # rank and writes rank 0's, so this collective runs on all of them.
+            from .ddp import gather
+
+            checkpoint["rng_states"] = gather(checkpoint["rng_state"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if checkpoint.get("frozen_backbone_dropped") or checkpoint.get("adapter_only"):
@@ -199,6 +222,10 @@ class HeadModule(L.LightningModule):
                 if key.startswith("model.backbone."):
                     state_dict.setdefault(key, value)
         state = checkpoint.get("rng_state")
+        per_rank = checkpoint.get("rng_states")
+        trainer = self._trainer
+        if per_rank and trainer is not None and len(per_rank) == trainer.world_size:
+            state = per_rank[trainer.global_rank]
         if not state:
             return
         torch.set_rng_state(state["torch"])
