@@ -207,6 +207,16 @@ class SlurmCluster:
     partition = "debug"
     done = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED")
 
+    def launcher(self) -> list[str]:
+        """The ``hydrahead-train -m`` overrides of a sweep on this cluster: one CPU and 2 GB a task."""
+        return [
+            "hydra/launcher=slurm",
+            f"hydra.launcher.partition={self.partition}",
+            "hydra.launcher.gpus_per_node=0",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=2",
+        ]
+
     def sbatch(self, *args: str) -> str:
         """``sbatch --parsable -p <partition> ARGS``: the job id."""
         out = subprocess.run(

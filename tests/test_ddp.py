@@ -319,11 +319,7 @@ def test_a_slurm_job_with_two_tasks_runs_both_ranks_under_srun(slurm_cluster, tm
     sweep = tmp_path / "sweep"
     result = train_cli(
         "-m",
-        "hydra/launcher=slurm",
-        f"hydra.launcher.partition={slurm_cluster.partition}",
-        "hydra.launcher.gpus_per_node=0",
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=2",
+        *slurm_cluster.launcher(),
         "hydra.launcher.tasks_per_node=2",
         "trainer=ddp",
         "trainer.devices=2",

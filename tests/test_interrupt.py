@@ -252,3 +252,47 @@ def test_with_gradient_accumulation_the_job_stops_at_the_optimizer_step(submitit
     record = read_metrics(tmp_path / "job")
     assert record["metrics"] == full["metrics"]
     assert record["steps_executed"] == record["global_step"] == full["global_step"] == 8
+
+
+@pytest.mark.slow
+def test_a_signalled_ddp_job_stops_every_rank_at_one_step_and_resumes_exactly(
+    submitit_job, monkeypatch, tmp_path
+):
+    """Two processes (the worker started by rank 0): SLURM signals every process of a job, so both
+    get SIGUSR2 in the middle of step 3. The worker ignores it, rank 0 decides for both at that step
+    (one last.ckpt, the job requeued); the next attempt ends with the uninterrupted DDP run's metrics."""
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32"]
+    args = [*FINE_TUNED, *ddp, "data.batch_size=8"]  # 128 / (2 x 8): 8 steps an epoch
+    full = uninterrupted(args, tmp_path / "full")
+    assert full["ddp"]["world_size"] == 2
+    from hydrahead.training import ddp as ddp_module
+    from hydrahead.training.module import HeadModule
+
+    real, calls = HeadModule.training_step, []
+
+    def training_step(self, batch, batch_idx):
+        calls.append(1)
+        if len(calls) == 3:  # SLURM's signal reaches every process of the job
+            for launcher in ddp_module._LAUNCHED:
+                for proc in launcher.procs:
+                    proc.send_signal(signal.SIGUSR2)
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return real(self, batch, batch_idx)
+
+    run_dir = tmp_path / "job"
+    submitit_job.start()
+    with monkeypatch.context() as signalled:
+        signalled.setattr(HeadModule, "training_step", training_step)
+        with pytest.raises(SystemExit) as exited:
+            run_job(args, run_dir)
+    assert exited.value.code == -1 and submitit_job.requeues == [2]
+    record = read_metrics(run_dir)
+    assert record["status"] == "requeued"
+    assert [(e["reason"], e["global_step"]) for e in record["requeued"]] == [("timeout", 3)]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    submitit_job.start()
+    assert run_job(args, run_dir).status == "completed"
+    record = read_metrics(run_dir)
+    assert record["metrics"] == pytest.approx(full["metrics"], abs=1e-6)
+    assert record["global_step"] == full["global_step"] == 16
+    assert record["steps_executed"] == 16

@@ -50,11 +50,7 @@ def _slurm_sweep(cluster, tmp_path: Path, *args: str, name: str = "sweep") -> tu
     sweep = tmp_path / name
     proc = _train(
         "-m",
-        "hydra/launcher=slurm",
-        f"hydra.launcher.partition={cluster.partition}",
-        "hydra.launcher.gpus_per_node=0",
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=2",
+        *cluster.launcher(),
         "hydra.launcher.poll_s=2",
         *args,
         f"hydra.sweep.dir={sweep}",

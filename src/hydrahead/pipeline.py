@@ -16,6 +16,7 @@ import dataclasses
 import gc
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -165,15 +166,28 @@ def run_replica(config: dict, check_done: bool = False) -> RunResult:
 
 
 def _run_slurm_replica(cfg: DictConfig) -> RunResult:
-    """``run(cfg)`` in a SLURM task of rank > 0: :func:`run_replica`, then out of the process group."""
-    ok = False
+    """``run(cfg)`` in a SLURM task of rank > 0: :func:`run_replica`, then out of the process group.
+
+    A signalled job (time limit, preemption, scancel) stops on every rank at the same optimizer step
+    (``StopOnSignal`` reduces rank 0's decision); rank 0 records it and hands over to submitit, which
+    requeues the whole job from rank 0. This rank waits quietly for that (as submitit's own handler
+    does on ranks > 0), then exits without a result.
+    """
+    from hydrahead.training import interrupt
+
+    ok, stopped = False, None
     try:
         result = run_replica(OmegaConf.to_container(cfg, resolve=True), check_done=True)
         ok = True
         return result
+    except interrupt.Interrupted as stop:
+        stopped = stop
+        log.info("rank %d stops with rank 0 (%s): rank 0 records the job, requeues it", _replica_rank(), stop)
     finally:
         _finish_ddp(ok)
         _release_memory()
+    time.sleep(120)  # SLURM's requeue (or the cancel) ends this task first
+    raise SystemExit(-1 if stopped.signum == signal.SIGUSR2 else 128 + stopped.signum)
 
 
 def hydra_job() -> dict:
